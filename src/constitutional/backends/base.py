@@ -1,0 +1,78 @@
+"""The one narrow interface every engine implements: generate, and score choices.
+
+A prompt is either a chat (a list of {"role", "content"} messages, rendered with the model's
+chat template and a generation prompt) or a plain string (raw text, continued as is: the
+"Human: ... Assistant:" format of the CAI paper on a pretrained model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence, Union, runtime_checkable
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+Prompt = Union[str, Sequence[Message]]
+Progress = Callable[[int], None]  # called with the number of items just finished
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding parameters of one generate call (see config.SamplingConfig for the docs)."""
+    n: int = 1
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg) -> "Sampling":
+        return cls(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                   max_tokens=cfg.max_tokens, stop=tuple(cfg.stop), seed=cfg.seed)
+
+
+@dataclass
+class Completion:
+    text: str
+    tokens: int                     # new tokens generated (before cutting at a stop string)
+    finish_reason: str              # "stop" (end token or stop string) or "length"
+    prompt_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str           # the model name as the user gave it
+
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling,
+                 progress: Progress | None = None) -> list[list[Completion]]:
+        """For each prompt, `sampling.n` completions. Deterministic for a given seed."""
+
+    def score_choices(self, prompts: Sequence[Prompt], options: Sequence[Sequence[str]],
+                      progress: Progress | None = None) -> list[list[float]]:
+        """For each prompt, the log-probability of each option as its continuation.
+
+        Read from one forward pass (no text generated). Where the options share leading tokens
+        (" (A)" and " (B)" share " ("), the shared part is conditioned on, so the values are
+        log p(distinguishing tokens | prompt + shared tokens): their differences are exact.
+        """
+
+
+def sample_seed(seed: int, prompt_key: str, index: int) -> int:
+    """A 63-bit seed for one (prompt, sample): independent of batching, order and resume."""
+    digest = hashlib.sha256(f"{seed}\x00{index}\x00{prompt_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def prompt_key(prompt: Prompt) -> str:
+    if isinstance(prompt, str):
+        return "raw\x00" + prompt
+    return "\x00".join(f"{m['role']}\x01{m['content']}" for m in prompt)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut text before the earliest stop string; return (text, whether one was found)."""
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)

@@ -1,0 +1,333 @@
+"""Batched decoding and choice scoring on a Hugging Face causal LM, with a KV cache we own.
+
+The model's own modules do the math; we own three things that decide speed on a CPU:
+- the KV cache: per-layer buffers grown in blocks, written in place (transformers' DynamicCache
+  re-concatenates the whole cache every token, two thirds of a decode step at batch 64);
+- decode attention: grouped-query heads handled by reshaping the query (no KV repeat) and two
+  small batched matmuls over a contiguous buffer;
+- the batch: explicit position ids and 4D masks (left padding, a shared prefix broadcast to
+  many rows), finished rows compacted away, and one random stream per row, so a row's sample
+  does not depend on which rows it was batched with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+ATTN_NAME = "cai_kv"
+# Cache capacity grows in steps of this many tokens. Decode attention reads the whole capacity
+# (a contiguous read is faster than a strided slice), so small steps waste little bandwidth;
+# each growth copies the cache once.
+_BLOCK = 16
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
+    """query [B, H, q, d], key/value [B, Hkv, T, d] -> ([B, q, H, d], None)."""
+    B, H, q, d = query.shape
+    Hkv = key.shape[1]
+    G = H // Hkv
+    scaling = scaling if scaling is not None else 1.0 / math.sqrt(d)
+    if q == 1 and attention_mask.dtype != torch.bool:
+        # Decode: head h reads kv head h // G, so [B, H, 1, d] -> [B*Hkv, G, d] needs no copy of
+        # K or V. attention_mask is additive [B, 1, 1, T] (0 or -inf).
+        T = key.shape[2]
+        qg = query.reshape(B * Hkv, G, d)
+        scores = torch.bmm(qg, key.reshape(B * Hkv, T, d).transpose(1, 2)) * scaling
+        scores = scores.view(B, Hkv, G, T) + attention_mask
+        probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)   # [B, Hkv, G, T]
+        out = torch.bmm(probs.view(B * Hkv, G, T), value.reshape(B * Hkv, T, d))
+        return out.view(B, 1, H, d), None
+    # Prefill / scoring: boolean mask [B, 1, q, T], True = may attend.
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
+                                         scale=scaling, enable_gqa=G > 1)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_NAME, _attention)
+
+
+def use_engine_attention(model) -> None:
+    """Route the model's attention through `_attention` (only this engine calls it)."""
+    model.config._attn_implementation = ATTN_NAME
+
+
+class KVCache:
+    """Per-layer buffers [B, Hkv, capacity, d]; `length` tokens are filled (left-aligned).
+
+    Duck-types the one method transformers' attention layers call on a cache: `update`.
+    """
+
+    def __init__(self, n_layers: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layers
+        self.v: list[torch.Tensor | None] = [None] * n_layers
+        self.length = 0
+        self.capacity = 0
+        self.valid: torch.Tensor | None = None   # [B, length] bool: which cached tokens are real
+
+    def reserve(self, needed: int) -> None:
+        """Make room for `needed` tokens; existing layers are copied into bigger buffers."""
+        if needed <= self.capacity:
+            return
+        # Grow by a quarter (at least one block): few copies, at most ~25% unread slack.
+        step = max(_BLOCK, self.capacity // 4)
+        new_cap = -(-max(needed, self.capacity + step) // _BLOCK) * _BLOCK
+        for i, (k, v) in enumerate(zip(self.k, self.v)):
+            if k is not None:
+                self.k[i], self.v[i] = _grow(k, new_cap), _grow(v, new_cap)
+        self.capacity = new_cap
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        if self.k[layer_idx] is None:
+            B, Hkv, _, d = key.shape
+            shape = (B, Hkv, self.capacity, d)
+            # zeros, not empty: masked slots must hold finite values (0 * NaN is NaN).
+            self.k[layer_idx] = key.new_zeros(shape)
+            self.v[layer_idx] = value.new_zeros(shape)
+        s, e = self.length, self.length + key.shape[2]
+        self.k[layer_idx][:, :, s:e] = key
+        self.v[layer_idx][:, :, s:e] = value
+        return self.k[layer_idx], self.v[layer_idx]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only these batch rows (drop finished sequences)."""
+        self.k = [None if k is None else k.index_select(0, rows) for k in self.k]
+        self.v = [None if v is None else v.index_select(0, rows) for v in self.v]
+
+    def broadcast(self, n: int, capacity: int) -> "KVCache":
+        """A new cache of n rows, each starting with this (one-row) cache's tokens."""
+        out = KVCache(len(self.k))
+        out.length, out.capacity = self.length, -(-capacity // _BLOCK) * _BLOCK
+        for i, (k, v) in enumerate(zip(self.k, self.v)):
+            out.k[i] = _grow(k[:, :, :self.length], out.capacity).expand(n, -1, -1, -1).clone()
+            out.v[i] = _grow(v[:, :, :self.length], out.capacity).expand(n, -1, -1, -1).clone()
+        return out
+
+
+def _grow(t: torch.Tensor, capacity: int) -> torch.Tensor:
+    B, H, T, d = t.shape
+    out = t.new_zeros(B, H, capacity, d)
+    out[:, :, :T] = t
+    return out
+
+
+def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    valid = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            valid[i, width - len(s):] = True
+    return ids, valid
+
+
+def _forward_new_tokens(model, cache: KVCache, ids: torch.Tensor, valid: torch.Tensor,
+                        start_pos: torch.Tensor | int, keep: int):
+    """Run `ids` [B, q] (left-padded, `valid` marks real tokens) after the cached tokens.
+
+    Every new token attends to all cached tokens that are valid (the caller marks them in
+    `cache_valid`) and causally to the valid new tokens before it.
+    Returns logits of the last `keep` positions, [B, keep, V].
+    """
+    B, q = ids.shape
+    dev = ids.device
+    prev = cache.length
+    cache.reserve(prev + q)
+    cap = cache.capacity
+    mask = torch.zeros(B, 1, q, cap, dtype=torch.bool, device=dev)
+    if prev:
+        mask[:, 0, :, :prev] = cache.valid[:, None, :prev]
+    causal = torch.ones(q, q, dtype=torch.bool, device=dev).tril()
+    mask[:, 0, :, prev:prev + q] = causal[None] & valid[:, None, :]
+    # A padding query attends to itself so its softmax is defined; its output is never read.
+    diag = torch.arange(q, device=dev)
+    mask[:, 0, diag, prev + diag] = True
+    pos = start_pos + (valid.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                use_cache=True, logits_to_keep=keep)
+    cache.length = prev + q
+    cache.valid = torch.cat([cache.valid[:, :prev], valid], dim=1) if prev else valid
+    return out.logits
+
+
+# ---------------------------------------------------------------------------------------
+# Generation
+
+@dataclass
+class DecodeRequest:
+    prompt_ids: list[int]
+    seed: int
+
+
+@dataclass
+class DecodeResult:
+    tokens: list[int]
+    finish_reason: str      # "stop" | "length"
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k: int,
+                  uniforms: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] float, uniforms [B] in [0, 1) -> token ids [B].
+
+    Inverse-CDF sampling with one uniform per row: temperature, then top-k, then top-p
+    (smallest set of most likely tokens whose mass reaches top_p), renormalized.
+    """
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    V = probs.shape[-1]
+    if top_k == 0 and top_p >= 1.0:
+        cum = probs.cumsum(-1)
+        idx = torch.searchsorted(cum, (uniforms * cum[:, -1]).unsqueeze(-1)).squeeze(-1)
+        return idx.clamp(max=V - 1)
+    # Candidates: the top-k; for pure top-p the top 512, widened (4096, then the whole sorted
+    # vocabulary) only while some row's nucleus does not fit. Exact either way; a full sort of
+    # the vocabulary costs ~100x a top-512.
+    if top_k > 0:
+        k = min(V, top_k)
+        vals, idx = probs.topk(k, dim=-1)
+    else:
+        for k in (min(V, 512), min(V, 4096), V):
+            vals, idx = probs.topk(k, dim=-1) if k < V else probs.sort(-1, descending=True)
+            if k == V or bool((vals.sum(-1) >= top_p).all()):
+                break
+    total = vals.sum(-1, keepdim=True)
+    before = vals.cumsum(-1) - vals                     # mass strictly before each candidate
+    kept = torch.where(before < top_p * total, vals, torch.zeros_like(vals))
+    cum = kept.cumsum(-1)
+    pick = torch.searchsorted(cum, (uniforms.unsqueeze(-1) * cum[:, -1:])).clamp(max=k - 1)
+    pick = pick.clamp(max=idx.shape[-1] - 1)
+    return idx.gather(-1, pick).squeeze(-1)
+
+
+@torch.inference_mode()
+def decode_batch(model, requests: Sequence[DecodeRequest], *, temperature: float, top_p: float,
+                 top_k: int, max_tokens: int, eos_ids: set[int], pad_id: int,
+                 should_stop: Callable[[list[int]], bool] | None = None,
+                 on_finish: Callable[[int], None] | None = None) -> list[DecodeResult]:
+    """Decode a batch to completion. Rows stop at an end token, at `should_stop`, or at max."""
+    n = len(requests)
+    dev = model.device
+    ids, valid = _left_pad([r.prompt_ids for r in requests], pad_id)
+    ids, valid = ids.to(dev), valid.to(dev)
+    cache = KVCache(model.config.num_hidden_layers)
+    gens = [torch.Generator().manual_seed(r.seed) for r in requests]
+    logits = _forward_new_tokens(model, cache, ids, valid, 0, keep=1)[:, -1]
+    next_pos = valid.long().sum(-1, keepdim=True)          # [B, 1] position of the next token
+    rows = torch.arange(n)                                  # batch slot -> request index (cpu)
+    out: list[list[int]] = [[] for _ in range(n)]
+    results: list[DecodeResult | None] = [None] * n
+    finished_slots: list[int] = []
+    for step in range(max_tokens):
+        if temperature > 0:
+            u = torch.stack([torch.rand((), generator=gens[int(r)]) for r in rows]).to(dev)
+            nxt = sample_tokens(logits.float(), temperature, top_p, top_k, u)
+        else:
+            nxt = logits.argmax(dim=-1)
+        for slot, (r, t) in enumerate(zip(rows.tolist(), nxt.tolist())):
+            if results[r] is not None:
+                continue
+            reason = None
+            if t in eos_ids:
+                reason = "stop"
+            else:
+                out[r].append(t)
+                if should_stop is not None and should_stop(out[r]):
+                    reason = "stop"
+                elif len(out[r]) >= max_tokens:
+                    reason = "length"
+            if reason:
+                results[r] = DecodeResult(out[r], reason)
+                finished_slots.append(slot)
+                if on_finish:
+                    on_finish(r)
+        if all(res is not None for res in results):
+            break
+        # Compacting copies the cache (about one step's time): do it when it pays.
+        if len(finished_slots) >= max(1, len(rows) // 8):
+            done = set(finished_slots)
+            keep_cpu = torch.tensor([s for s in range(len(rows)) if s not in done])
+            keep = keep_cpu.to(dev)
+            cache.select(keep)
+            cache.valid = cache.valid.index_select(0, keep)
+            rows, nxt, next_pos = rows[keep_cpu], nxt[keep], next_pos[keep]
+            finished_slots = []
+        step_ids = nxt.unsqueeze(-1)
+        logits = _decode_step(model, cache, step_ids, next_pos)
+        next_pos = next_pos + 1
+    for r in range(n):
+        if results[r] is None:
+            results[r] = DecodeResult(out[r], "length")
+    return results  # type: ignore[return-value]
+
+
+def _decode_step(model, cache: KVCache, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    prev = cache.length
+    cache.reserve(prev + 1)
+    B = ids.shape[0]
+    valid = torch.ones(B, 1, dtype=torch.bool, device=ids.device)
+    cache.valid = torch.cat([cache.valid, valid], dim=1)
+    add_mask = torch.zeros(B, cache.capacity, dtype=model.dtype, device=ids.device)
+    add_mask[:, :prev + 1].masked_fill_(~cache.valid, float("-inf"))
+    add_mask[:, prev + 1:] = float("-inf")
+    out = model(input_ids=ids, attention_mask=add_mask[:, None, None, :], position_ids=pos,
+                past_key_values=cache, use_cache=True, logits_to_keep=1)
+    cache.length = prev + 1
+    return out.logits[:, -1]
+
+
+# ---------------------------------------------------------------------------------------
+# Choice scoring
+
+@dataclass
+class ScoreRow:
+    """Input tokens after a shared prefix, and the tokens whose log-probs are wanted.
+
+    `targets` are the last len(targets) tokens of the full sequence: the row's input is
+    prefix + tokens, and targets[t] is predicted at input position len(tokens) - len(targets) + t.
+    """
+    tokens: list[int]
+    targets: list[list[int]]     # one target sequence per option read from this row
+
+
+@torch.inference_mode()
+def prefill_prefix(model, prefix: list[int]) -> KVCache:
+    cache = KVCache(model.config.num_hidden_layers)
+    ids = torch.tensor([prefix], dtype=torch.long, device=model.device)
+    _forward_new_tokens(model, cache, ids, torch.ones_like(ids, dtype=torch.bool), 0, keep=1)
+    return cache
+
+
+@torch.inference_mode()
+def score_rows(model, prefix_cache: KVCache | None, rows: Sequence[ScoreRow],
+               pad_id: int) -> list[list[float]]:
+    """Sum of target log-probs for each (row, target sequence), in one forward pass."""
+    ids, valid = _left_pad([r.tokens for r in rows], pad_id)
+    ids, valid = ids.to(model.device), valid.to(model.device)
+    keep = max(len(t) for r in rows for t in r.targets)
+    keep = min(keep, ids.shape[1])
+    if prefix_cache is not None:
+        cache = prefix_cache.broadcast(len(rows), prefix_cache.length + ids.shape[1])
+        cache.valid = prefix_cache.valid.expand(len(rows), -1)
+        start = prefix_cache.length
+    else:
+        cache, start = KVCache(model.config.num_hidden_layers), 0
+    logp = torch.log_softmax(
+        _forward_new_tokens(model, cache, ids, valid, start, keep=keep).float(), dim=-1)
+    out = []
+    for i, r in enumerate(rows):
+        vals = []
+        for target in r.targets:
+            first = keep - len(target)
+            vals.append(float(sum(logp[i, first + t, tok] for t, tok in enumerate(target))))
+        out.append(vals)
+    return out

@@ -1,0 +1,241 @@
+"""The default backend: any Hugging Face causal LM, in process, through `kv_engine`.
+
+Loads once per run from safetensors (`trust_remote_code` off unless asked), renders chats with
+the model's chat template, sorts work by length into batches, and for choice scoring groups
+questions that share a prefix so the prefix is computed once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from constitutional.backends import kv_engine
+from constitutional.backends.base import (Completion, Progress, Prompt, Sampling, cut_at_stop,
+                                          prompt_key, sample_seed)
+from constitutional.errors import InputError
+from constitutional.models import resolve_model
+
+MIN_SHARED_PREFIX = 16   # tokens a group of questions must share before a prefix pass pays
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model_and_tokenizer(path: str, *, dtype: torch.dtype, device: torch.device,
+                             trust_remote_code: bool = False, revision: str | None = None,
+                             name: str | None = None):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(trust_remote_code=trust_remote_code, revision=revision)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **kw)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                     **kw)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"could not load model '{name or path}': {first}") from None
+    model.to(device).eval()
+    return model, tok
+
+
+class TransformersBackend:
+    def __init__(self, model, tokenizer, name: str, batch_size: int = 64,
+                 score_batch_tokens: int = 1536):
+        _check_supported(model.config, name)
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.batch_size, self.score_batch_tokens = batch_size, score_batch_tokens
+        kv_engine.use_engine_attention(model)
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
+            (min(self.eos_ids) if self.eos_ids else 0)
+
+    @classmethod
+    def from_config(cls, cfg, log=print) -> "TransformersBackend":
+        resolved = resolve_model(cfg.name, log=log)
+        device = pick_device(cfg.device)
+        dtype = pick_dtype(cfg.dtype, device)
+        model, tok = load_model_and_tokenizer(
+            resolved.path, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code,
+            revision=cfg.revision, name=cfg.name)
+        return cls(model, tok, cfg.name, cfg.batch_size, cfg.score_batch_tokens)
+
+    # -- text <-> tokens ------------------------------------------------------------------
+    def render(self, prompt: Prompt) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InputError(f"model '{self.name}' has no chat template: give raw-text prompts")
+        return self.tokenizer.apply_chat_template(list(prompt), tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def encode(self, prompt: Prompt, continuation: str = "") -> list[int]:
+        # A rendered chat already holds its special tokens; raw text gets the tokenizer's own.
+        text = self.render(prompt) + continuation
+        return self.tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"]
+
+    # -- generate -------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling,
+                 progress: Progress | None = None) -> list[list[Completion]]:
+        encoded = [self.encode(p) for p in prompts]
+        items = [(i, j) for i in range(len(prompts)) for j in range(sampling.n)]
+        # Similar lengths together: less padding in every batch.
+        items.sort(key=lambda it: (len(encoded[it[0]]), it))
+        results: dict[tuple[int, int], Completion] = {}
+        should_stop = self._stop_checker(sampling.stop) if sampling.stop else None
+        for b in range(0, len(items), self.batch_size):
+            batch = items[b:b + self.batch_size]
+            reqs = [kv_engine.DecodeRequest(
+                encoded[i], sample_seed(sampling.seed, prompt_key(prompts[i]), j))
+                for i, j in batch]
+            outs = kv_engine.decode_batch(
+                self.model, reqs, temperature=sampling.temperature, top_p=sampling.top_p,
+                top_k=sampling.top_k, max_tokens=sampling.max_tokens, eos_ids=self.eos_ids,
+                pad_id=self.pad_id, should_stop=should_stop,
+                on_finish=(lambda _r: progress(1)) if progress else None)
+            for (i, j), res in zip(batch, outs):
+                text = self.tokenizer.decode(res.tokens, skip_special_tokens=True)
+                text, stopped = cut_at_stop(text, sampling.stop)
+                reason = "stop" if stopped else res.finish_reason
+                results[(i, j)] = Completion(text, len(res.tokens), reason, len(encoded[i]))
+        return [[results[(i, j)] for j in range(sampling.n)] for i in range(len(prompts))]
+
+    def _stop_checker(self, stop: Sequence[str]):
+        # A stop string of c characters spans at most 4c byte-level tokens.
+        window = 4 * max(len(s) for s in stop) + 2
+        decode = self.tokenizer.decode
+
+        def should_stop(tokens: list[int]) -> bool:
+            tail = decode(tokens[-window:], skip_special_tokens=True)
+            return any(s in tail for s in stop)
+        return should_stop
+
+    # -- score choices --------------------------------------------------------------------
+    def score_choices(self, prompts: Sequence[Prompt], options: Sequence[Sequence[str]],
+                      progress: Progress | None = None) -> list[list[float]]:
+        rows: dict[tuple[int, ...], kv_engine.ScoreRow] = {}
+        where: list[list[tuple[tuple[int, ...], int]]] = []   # (prompt, option) -> row, target
+        for p, opts in zip(prompts, options):
+            if not opts:
+                raise InputError("score_choices needs at least one option per prompt")
+            full = [self.encode(p, o) for o in opts]
+            shared = _common_prefix_len(full)
+            shared = min(shared, min(len(f) for f in full) - 1)
+            refs = []
+            for f in full:
+                key = tuple(f[:-1])
+                row = rows.setdefault(key, kv_engine.ScoreRow(list(key), []))
+                row.targets.append(f[shared:])
+                refs.append((key, len(row.targets) - 1))
+            where.append(refs)
+        scores = self._score_rows(list(rows.values()))
+        by_key = {tuple(r.tokens): s for r, s in zip(rows.values(), scores)}
+        if progress:
+            progress(len(prompts))
+        return [[by_key[key][t] for key, t in refs] for refs in where]
+
+    def _score_rows(self, rows: list[kv_engine.ScoreRow]) -> list[list[float]]:
+        """Group rows that share a long prefix; one prefix pass per group, then batches."""
+        order = sorted(range(len(rows)), key=lambda i: rows[i].tokens)
+        out: list[list[float] | None] = [None] * len(rows)
+        singles: list[int] = []
+        g = 0
+        while g < len(order):
+            first = rows[order[g]].tokens
+            end = g + 1
+            while end < len(order) and \
+                    _lcp(first, rows[order[end]].tokens) >= MIN_SHARED_PREFIX:
+                end += 1
+            group = order[g:end]
+            g = end
+            # Each row's earliest read position must fall after the prefix.
+            plen = min([_lcp(first, rows[group[-1]].tokens)] +
+                       [len(rows[i].tokens) - max(map(len, rows[i].targets)) for i in group])
+            if len(group) < 2 or plen < MIN_SHARED_PREFIX:
+                singles.extend(group)
+                continue
+            prefix = kv_engine.prefill_prefix(self.model, first[:plen])
+            tails = [kv_engine.ScoreRow(rows[i].tokens[plen:], rows[i].targets) for i in group]
+            for batch in self._budget_batches(list(range(len(group))), tails):
+                vals = kv_engine.score_rows(self.model, prefix, [tails[k] for k in batch],
+                                            self.pad_id)
+                for k, v in zip(batch, vals):
+                    out[group[k]] = v
+        singles.sort(key=lambda i: len(rows[i].tokens))
+        for batch in self._budget_batches(singles, rows):
+            vals = kv_engine.score_rows(self.model, None, [rows[i] for i in batch], self.pad_id)
+            for i, v in zip(batch, vals):
+                out[i] = v
+        return out  # type: ignore[return-value]
+
+    def _budget_batches(self, idx: list[int], rows) -> list[list[int]]:
+        """Consecutive runs whose padded size (rows x longest) fits the token budget."""
+        batches, cur, longest = [], [], 0
+        for i in idx:
+            n = len(rows[i].tokens)
+            if cur and max(longest, n) * (len(cur) + 1) > self.score_batch_tokens:
+                batches.append(cur)
+                cur, longest = [], 0
+            cur.append(i)
+            longest = max(longest, n)
+        if cur:
+            batches.append(cur)
+        return batches
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    return min(_lcp(seqs[0], s) for s in seqs)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for v in (gen_eos, tokenizer.eos_token_id):
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return ids
+
+
+def _check_supported(config, name: str) -> None:
+    """Refuse architectures whose attention this engine would compute wrongly."""
+    if getattr(config, "is_encoder_decoder", False):
+        raise InputError(f"model '{name}' is encoder-decoder; only decoder-only LMs are supported")
+    for attr in ("attn_logit_softcapping",):
+        if getattr(config, attr, None):
+            raise InputError(f"model '{name}' uses {attr}, which the in-process engine does "
+                             "not implement; serve it with vLLM and use an OpenAI-compatible "
+                             "backend")
+
+
+torch.set_num_threads(int(os.environ.get("CAI_THREADS", torch.get_num_threads())))

@@ -1,0 +1,161 @@
+"""Typed configs: documented pydantic models, YAML files, and `a.b=value` overrides.
+
+Every field carries its help text (as TRL's config dataclasses do), unknown keys are refused
+with the closest valid name, and every error names the file and the dotted path of the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from constitutional.errors import InputError
+
+C = TypeVar("C", bound="StrictModel")
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ModelConfig(StrictModel):
+    name: str = Field("smollm2-135m", description="Built-in model name (see `cai models`), "
+                      "a local Hugging Face folder, or a hub id such as org/name.")
+    backend: Literal["transformers", "fake"] = Field(
+        "transformers", description="Engine that runs the model. `fake` replies from a script "
+        "(tests and --dry-run).")
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
+        "auto", description="Weights and compute dtype. `auto`: bfloat16 where the CPU has bf16 "
+        "matrix units or on GPU, else float32.")
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:1`, ...")
+    batch_size: int = Field(128, ge=1, description="Sequences decoded together (128 is fastest on a 2-core CPU for a 135M model; lower it for big models).")
+    score_batch_tokens: int = Field(1536, ge=64, description="Token budget of one choice-"
+                                    "scoring forward pass (rows x length).")
+    trust_remote_code: bool = Field(False, description="Run code shipped with a hub model. "
+                                    "Off unless you trust its source.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    fake_script: str | None = Field(None, description="For backend `fake`: a YAML file of "
+                                    "`- match: regex` / `reply: text` rules.")
+
+
+class SamplingConfig(StrictModel):
+    n: int = Field(1, ge=1, description="Samples per prompt.")
+    temperature: float = Field(0.7, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0: all).")
+    max_tokens: int = Field(256, ge=1, description="Cap on new tokens per completion.")
+    stop: list[str] = Field(default_factory=list, description="Stop strings; the completion "
+                            "is cut before the first one.")
+    seed: int = Field(0, description="Seed; each (prompt, sample) draws from its own stream, "
+                      "so results do not depend on batching or on resuming.")
+
+
+class GenerateConfig(StrictModel):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    prompts: str = Field("bundled:helpful", description="JSONL with a `prompt` (or "
+                         "`messages`) field, or bundled:redteam / bundled:helpful.")
+    system_prompt: str | None = Field(None, description="System message put before each "
+                                      "prompt (None: the chat template's default).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    chunk_size: int = Field(128, ge=1, description="Rows per resumable shard.")
+    log_calls: bool = Field(True, description="Log every model call to calls.jsonl.")
+
+
+# ---------------------------------------------------------------------------------------
+# Loading and overrides
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file not found", path=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(f"malformed YAML ({problem})", path=str(path), line=line) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"expected a mapping at the top level, got {type(data).__name__}",
+                         path=str(path))
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply `a.b=value` in place; the value is parsed as YAML (so 3, 0.5, true, [a, b] work)."""
+    if "=" not in assignment:
+        raise InputError(f"override {assignment!r} is not of the form key.path=value")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise InputError(f"override {assignment!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise InputError(f"override {assignment!r}: {p} is not a section")
+    node[parts[-1]] = value
+
+
+def _check_keys(cls: type[BaseModel], data: Any, prefix: str, source: str | None) -> None:
+    """Refuse unknown keys with the closest valid name before pydantic sees them."""
+    if not isinstance(data, dict):
+        return
+    fields = cls.model_fields
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else \
+                f" (valid: {', '.join(fields)})"
+            raise InputError(f"unknown key{hint}", path=source, field=path)
+        ann = fields[key].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            _check_keys(ann, value, path + ".", source)
+
+
+def build_config(cls: type[C], data: dict[str, Any], source: str | None = None) -> C:
+    _check_keys(cls, data, "", source)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise InputError(f"{err['msg']} (got {err.get('input')!r})", path=source,
+                         field=field or None) from None
+
+
+def load_config(cls: type[C], path: str | Path | None = None,
+                overrides: list[str] | None = None, base: dict[str, Any] | None = None) -> C:
+    """File (optional) <- base values (e.g. CLI flags) <- `a.b=value` overrides, then validate."""
+    data: dict[str, Any] = load_yaml(path) if path else {}
+    for k, v in (base or {}).items():
+        _set_dotted(data, k, v)
+    for o in overrides or []:
+        apply_override(data, o)
+    return build_config(cls, data, source=str(path) if path else None)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

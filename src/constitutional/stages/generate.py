@@ -1,0 +1,51 @@
+"""Stage `generate`: answer a file of prompts with a model, resumably.
+
+Output rows: the prompt's id and text, the sample index, the completion, why it ended, and
+token counts; one row per (prompt, sample), in input order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from constitutional.artifacts import StageDir, StageResult, run_sharded
+from constitutional.backends.base import Sampling
+from constitutional.config import GenerateConfig
+from constitutional.jsonio import sha256_file
+from constitutional.progress import progress_bar
+from constitutional.prompts_io import PromptRow, load_prompts
+
+STAGE = "generate"
+
+
+def conversation(row: PromptRow, system_prompt: str | None) -> list[dict[str, str]]:
+    if system_prompt and row.messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}] + row.messages
+    return row.messages
+
+
+def run_generate(cfg: GenerateConfig, run_dir: str | Path, get_backend: Callable[[], object],
+                 log: Callable[[str], None] = print) -> StageResult:
+    """`get_backend` is called only if there is work to do (a finished stage loads no model)."""
+    path, rows = load_prompts(cfg.prompts, cfg.limit)
+    sampling = Sampling.from_config(cfg.sampling)
+    stage = StageDir(run_dir, STAGE)
+    stage_cfg = {"model": cfg.model.model_dump(exclude={"batch_size", "score_batch_tokens"}),
+                 "sampling": cfg.sampling.model_dump(), "system_prompt": cfg.system_prompt}
+    backend = None
+    total = len(rows) * sampling.n
+    with progress_bar(f"{STAGE}", total, unit="completions") as advance:
+        def process(chunk: list[PromptRow]) -> list[dict]:
+            nonlocal backend
+            backend = backend or get_backend()
+            outs = backend.generate([conversation(r, cfg.system_prompt) for r in chunk],
+                                    sampling, progress=advance)
+            return [{"id": r.id, "prompt": r.text, "sample": j, "completion": c.text,
+                     "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                     "completion_tokens": c.tokens}
+                    for r, cs in zip(chunk, outs) for j, c in enumerate(cs)]
+
+        return run_sharded(stage, config=stage_cfg, inputs={"prompts": sha256_file(path)},
+                           items=rows, chunk_size=cfg.chunk_size, process=process,
+                           on_resume=lambda n: advance(n * sampling.n), log=log)

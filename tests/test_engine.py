@@ -1,0 +1,170 @@
+"""The transformers backend and its KV engine against plain transformers, on tiny models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from constitutional.backends import kv_engine
+from constitutional.backends.base import Sampling
+from conftest import load_backend_fp32
+
+PROMPTS = [
+    [{"role": "user", "content": "How do I bake bread?"}],
+    [{"role": "user", "content": "Which of these assistant responses is less harmful? "
+                                 "Explain the answer with care and at some length please."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say yes."}],
+    "Human: a raw text prompt\n\nAssistant:",
+]
+
+
+def hf_greedy(backend, prompt, max_new):
+    """Reference: transformers' own generate, one prompt at a time, stock attention."""
+    model, tok = backend.model, backend.tokenizer
+    ids = torch.tensor([backend.encode(prompt)])
+    impl = model.config._attn_implementation
+    model.config._attn_implementation = "sdpa"
+    try:
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_new, eos_token_id=sorted(backend.eos_ids),
+                                 pad_token_id=backend.pad_id)
+    finally:
+        model.config._attn_implementation = impl
+    new = out[0, ids.shape[1]:].tolist()
+    return [t for t in new if t not in backend.eos_ids]
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen"])
+def test_batched_greedy_equals_transformers_generate(arch, request):
+    backend = load_backend_fp32(request.getfixturevalue(arch), batch_size=3)
+    # 40 tokens crosses several cache growths; prompts of different lengths test left padding.
+    outs = backend.generate(PROMPTS, Sampling(temperature=0.0, max_tokens=40))
+    for prompt, (c,) in zip(PROMPTS, outs):
+        ref = hf_greedy(backend, prompt, 40)
+        assert backend.tokenizer.encode(c.text) == ref or \
+            c.text == backend.tokenizer.decode(ref, skip_special_tokens=True)
+        assert c.tokens == len(ref)
+
+
+def test_sampling_is_seeded_and_independent_of_batch(llama_backend):
+    s = Sampling(n=2, temperature=1.0, top_p=0.9, max_tokens=24, seed=7)
+    all_out = llama_backend.generate(PROMPTS, s)
+    alone = llama_backend.generate([PROMPTS[1]], s)
+    assert [c.text for c in alone[0]] == [c.text for c in all_out[1]]
+    again = llama_backend.generate(PROMPTS, s)
+    assert [[c.text for c in cs] for cs in again] == [[c.text for c in cs] for cs in all_out]
+    other_seed = llama_backend.generate(PROMPTS, Sampling(**{**s.__dict__, "seed": 8}))
+    assert [[c.text for c in cs] for cs in other_seed] != [[c.text for c in cs] for cs in all_out]
+    # two samples of the same prompt draw from different streams
+    assert any(cs[0].text != cs[1].text for cs in all_out)
+
+
+def test_stop_strings_cut_the_completion(llama_backend):
+    free = llama_backend.generate(PROMPTS[:1], Sampling(temperature=0.0, max_tokens=30))[0][0]
+    assert len(free.text) > 6
+    stop = free.text[4:6]
+    cut = llama_backend.generate(PROMPTS[:1], Sampling(temperature=0.0, max_tokens=30,
+                                                       stop=(stop,)))[0][0]
+    assert cut.text == free.text[:free.text.find(stop)]
+    assert cut.finish_reason == "stop"
+    assert cut.tokens < free.tokens or free.finish_reason == "stop"
+
+
+def test_length_finish_reason(llama_backend):
+    c = llama_backend.generate(PROMPTS[:1], Sampling(temperature=0.0, max_tokens=3))[0][0]
+    assert c.finish_reason in ("length", "stop") and c.tokens <= 3
+
+
+def test_score_choices_equals_plain_forward(llama_backend):
+    be = llama_backend
+    options = [" (A)", " (B)", " maybe not"]
+    prompts = [PROMPTS[0], PROMPTS[3]]
+    got = be.score_choices(prompts, [options] * 2)
+    impl = be.model.config._attn_implementation
+    be.model.config._attn_implementation = "sdpa"
+    try:
+        for p, row in zip(prompts, got):
+            fulls = [be.encode(p, o) for o in options]
+            shared = min(kv_engine_lcp(fulls[0], f) for f in fulls)
+            for f, value in zip(fulls, row):
+                with torch.inference_mode():
+                    logp = torch.log_softmax(be.model(torch.tensor([f])).logits[0].float(), -1)
+                ref = sum(logp[t - 1, f[t]].item() for t in range(shared, len(f)))
+                assert value == pytest.approx(ref, abs=1e-4)
+    finally:
+        be.model.config._attn_implementation = impl
+
+
+def kv_engine_lcp(a, b):
+    from constitutional.backends.transformers_backend import _lcp
+    return _lcp(a, b)
+
+
+def test_shared_prefix_scoring_matches_unshared(llama_backend, monkeypatch):
+    be = llama_backend
+    context = "Human: How do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast. " * 3
+    principles = ["Which is less harmful?", "Which is more honest?", "Which is kinder?",
+                  "Which would a wise person say?"]
+    prompts = [f"{context}\n{p}\nOptions:\n(A) yes\n(B) no\nThe answer is:" for p in principles]
+    options = [[" (A)", " (B)"]] * len(prompts)
+    shared = be.score_choices(prompts, options)
+    from constitutional.backends import transformers_backend as tb
+    monkeypatch.setattr(tb, "MIN_SHARED_PREFIX", 10_000)   # forces the no-sharing path
+    unshared = be.score_choices(prompts, options)
+    for a, b in zip(shared, unshared):
+        assert a == pytest.approx(b, abs=1e-4)
+    # the options differ, and the choice is not a constant
+    assert any(abs(a[0] - a[1]) > 1e-3 for a in shared)
+
+
+def test_prefix_groups_are_used(llama_backend, monkeypatch):
+    calls = []
+    real = kv_engine.prefill_prefix
+    monkeypatch.setattr(kv_engine, "prefill_prefix",
+                        lambda m, p: calls.append(len(p)) or real(m, p))
+    ctx = "The quick brown fox jumps over the lazy dog. " * 4
+    llama_backend.score_choices([ctx + "A?", ctx + "B?", "short"], [[" (A)", " (B)"]] * 3)
+    assert len(calls) == 1 and calls[0] >= 16
+
+
+def test_sample_tokens_math():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    # greedy
+    assert kv_engine.sample_tokens(logits, 0.0, 1.0, 0, torch.tensor([0.9])).item() == 0
+    # inverse CDF over the full distribution: u in [0, .5) -> 0, [.5, .8) -> 1, ...
+    picks = [kv_engine.sample_tokens(logits, 1.0, 1.0, 0, torch.tensor([u])).item()
+             for u in (0.1, 0.49, 0.51, 0.79, 0.81, 0.96)]
+    assert picks == [0, 0, 1, 1, 2, 3]
+    # top_p=0.6 keeps {0, 1} (0.5 < 0.6), renormalized to 0.625/0.375
+    picks = [kv_engine.sample_tokens(logits, 1.0, 0.6, 0, torch.tensor([u])).item()
+             for u in (0.6, 0.62, 0.63, 0.99)]
+    assert picks == [0, 0, 1, 1]
+    # top_k=1 is greedy whatever the uniform
+    assert kv_engine.sample_tokens(logits, 1.0, 1.0, 1, torch.tensor([0.99])).item() == 0
+
+
+def test_sample_tokens_top_p_wide_nucleus_is_exact():
+    # A flat distribution over 5000 tokens: the nucleus does not fit in the top 512.
+    V = 5000
+    logits = torch.zeros(1, V)
+    tok = kv_engine.sample_tokens(logits, 1.0, 0.95, 0, torch.tensor([0.999]))
+    probs = torch.softmax(logits, -1)
+    vals, idx = probs.sort(descending=True)
+    kept = int(((vals.cumsum(-1) - vals) < 0.95).sum())
+    assert tok.item() in set(idx[0, :kept].tolist())
+
+
+def test_cache_growth_and_select():
+    cache = kv_engine.KVCache(1)
+    cache.reserve(3)
+    k = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).view(2, 1, 3, 2)
+    cache.update(k, k + 100, 0)
+    cache.length = 3
+    before = cache.capacity
+    cache.reserve(before + 1)
+    assert cache.capacity > before
+    assert torch.equal(cache.k[0][:, :, :3], k)
+    assert torch.count_nonzero(cache.k[0][:, :, 3:]) == 0
+    cache.select(torch.tensor([1]))
+    assert torch.equal(cache.k[0][0, :, :3], k[1])
