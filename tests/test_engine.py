@@ -96,6 +96,22 @@ def test_score_choices_equals_plain_forward(llama_backend):
         be.model.config._attn_implementation = impl
 
 
+def test_letter_options_read_one_next_token_distribution(llama_backend):
+    be = llama_backend
+    prompt = "Options:\n(A) yes\n(B) no\nThe answer is:"
+    (a, b), = be.score_choices([prompt], [[" (A)", " (B)"]])
+    fa, fb = be.encode(prompt, " (A)"), be.encode(prompt, " (B)")
+    shared = kv_engine_lcp(fa, fb)
+    assert fa[shared + 1:] == fb[shared + 1:] and len(fa) > shared + 1  # ")" is shared
+    be.model.config._attn_implementation = "sdpa"
+    try:
+        with torch.inference_mode():
+            logp = torch.log_softmax(be.model(torch.tensor([fa[:shared]])).logits[0, -1], -1)
+    finally:
+        be.model.config._attn_implementation = kv_engine.ATTN_NAME
+    assert (a, b) == pytest.approx((logp[fa[shared]].item(), logp[fb[shared]].item()), abs=1e-4)
+
+
 def kv_engine_lcp(a, b):
     from constitutional.backends.transformers_backend import _lcp
     return _lcp(a, b)

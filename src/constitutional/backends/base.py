@@ -54,9 +54,10 @@ class Backend(Protocol):
                       progress: Progress | None = None) -> list[list[float]]:
         """For each prompt, the log-probability of each option as its continuation.
 
-        Read from one forward pass (no text generated). Where the options share leading tokens
-        (" (A)" and " (B)" share " ("), the shared part is conditioned on, so the values are
-        log p(distinguishing tokens | prompt + shared tokens): their differences are exact.
+        Read from one forward pass (no text generated). Only the tokens that tell the options
+        apart are scored: leading tokens they share are conditioned on (" (" of " (A)"/" (B)")
+        and trailing tokens they share are dropped (the ")"), so for " (A)"/" (B)" the values
+        are the next-token log-probabilities of "A" and "B" after "... (".
         """
 
 

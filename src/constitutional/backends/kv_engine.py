@@ -43,9 +43,11 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
         probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)   # [B, Hkv, G, T]
         out = torch.bmm(probs.view(B * Hkv, G, T), value.reshape(B * Hkv, T, d))
         return out.view(B, 1, H, d), None
-    # Prefill / scoring: boolean mask [B, 1, q, T], True = may attend.
+    # Prefill / scoring: boolean mask [B, 1, q, T], True = may attend; or no mask and no
+    # cache (right-padded rows): plain causal attention, SDPA's fastest path.
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                         scale=scaling, enable_gqa=G > 1)
+                                         is_causal=attention_mask is None, scale=scaling,
+                                         enable_gqa=G > 1)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -311,6 +313,8 @@ def prefill_prefix(model, prefix: list[int]) -> KVCache:
 def score_rows(model, prefix_cache: KVCache | None, rows: Sequence[ScoreRow],
                pad_id: int) -> list[list[float]]:
     """Sum of target log-probs for each (row, target sequence), in one forward pass."""
+    if prefix_cache is None:
+        return _score_rows_causal(model, rows, pad_id)
     ids, valid = _left_pad([r.tokens for r in rows], pad_id)
     ids, valid = ids.to(model.device), valid.to(model.device)
     keep = max(len(t) for r in rows for t in r.targets)
@@ -331,3 +335,24 @@ def score_rows(model, prefix_cache: KVCache | None, rows: Sequence[ScoreRow],
             vals.append(float(sum(logp[i, first + t, tok] for t, tok in enumerate(target))))
         out.append(vals)
     return out
+
+
+def _score_rows_causal(model, rows: Sequence[ScoreRow], pad_id: int) -> list[list[float]]:
+    """Rows without a shared prefix: right-padded, so real tokens never see padding and
+    attention needs no mask (an explicit mask costs ~25% here). Logits only at read positions.
+    """
+    width = max(len(r.tokens) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    reads: list[list[list[int]]] = []          # row -> target -> input positions
+    for i, r in enumerate(rows):
+        ids[i, :len(r.tokens)] = torch.tensor(r.tokens, dtype=torch.long)
+        reads.append([[len(r.tokens) - len(t) + k for k in range(len(t))] for t in r.targets])
+    positions = sorted({p for rr in reads for t in rr for p in t})
+    column = {p: c for c, p in enumerate(positions)}
+    pos_ids = torch.arange(width).unsqueeze(0).expand(len(rows), -1)
+    out = model(input_ids=ids.to(model.device), position_ids=pos_ids.to(model.device),
+                use_cache=False,
+                logits_to_keep=torch.tensor(positions, device=model.device))
+    logp = torch.log_softmax(out.logits.float(), dim=-1)      # [B, len(positions), V]
+    return [[float(sum(logp[i, column[p], tok] for p, tok in zip(pp, t)))
+             for pp, t in zip(reads[i], r.targets)] for i, r in enumerate(rows)]
