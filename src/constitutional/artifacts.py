@@ -103,7 +103,8 @@ def run_sharded(stage: StageDir, *, config: dict[str, Any], inputs: dict[str, st
     manifest = {"stage": stage.name, "status": "running", "fingerprint": fingerprint,
                 "config": config, "inputs": inputs, "items": len(items),
                 "chunk_size": chunk_size, "versions": package_versions(),
-                "seconds": (old or {}).get("seconds", 0.0) if old and
+                # a resumed stage keeps adding to the compute time of its earlier attempts
+                "seconds": old.get("seconds", 0.0) if old and
                 old.get("fingerprint") == fingerprint else 0.0}
     stage.write_manifest(manifest)
     chunks = [range(i, min(i + chunk_size, len(items))) for i in range(0, len(items), chunk_size)]

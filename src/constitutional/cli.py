@@ -102,7 +102,7 @@ def generate_cmd(
     from constitutional.stages.generate import run_generate
 
     result = run_generate(cfg, out_dir, lambda: _backend(cfg, out_dir), log=log)
-    _summary(result, result.seconds, show)
+    _summary(result, show)
 
 
 def _backend(cfg, run_dir: Path):
@@ -115,7 +115,7 @@ def _backend(cfg, run_dir: Path):
     return LoggedBackend(backend, run_dir / "calls.jsonl") if cfg.log_calls else backend
 
 
-def _summary(result, seconds: float, show: int) -> None:
+def _summary(result, show: int) -> None:
     from constitutional.artifacts import read_output
 
     rows = read_output(result.output)
@@ -126,6 +126,7 @@ def _summary(result, seconds: float, show: int) -> None:
         out.print(f"[bold cyan]prompt:[/bold cyan] {r['prompt']}", highlight=False)
         out.print(f"[bold green]answer:[/bold green] {r['completion']}", highlight=False)
     table = Table("stage", "rows", "new tokens", "time", "tokens/s", "output")
+    seconds = result.seconds
     rate = f"{tokens / seconds:.0f}" if seconds > 0 and not result.skipped else "-"
     table.add_row(result.name, str(result.rows), str(tokens),
                   "reused (unchanged)" if result.skipped else f"{seconds:.1f}s", rate,

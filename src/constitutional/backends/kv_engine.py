@@ -136,8 +136,7 @@ def _forward_new_tokens(model, cache: KVCache, ids: torch.Tensor, valid: torch.T
                         start_pos: torch.Tensor | int, keep: int):
     """Run `ids` [B, q] (left-padded, `valid` marks real tokens) after the cached tokens.
 
-    Every new token attends to all cached tokens that are valid (the caller marks them in
-    `cache_valid`) and causally to the valid new tokens before it.
+    Every new token attends to all cached tokens that are valid (`cache.valid`) and causally to the valid new tokens before it.
     Returns logits of the last `keep` positions, [B, keep, V].
     """
     B, q = ids.shape

@@ -247,4 +247,6 @@ def _check_supported(config, name: str) -> None:
                              "backend")
 
 
-torch.set_num_threads(int(os.environ.get("CAI_THREADS", torch.get_num_threads())))
+if os.environ.get("CAI_THREADS"):
+    # Optional cap on CPU threads (e.g. several runs sharing a machine); default: torch's own.
+    torch.set_num_threads(int(os.environ["CAI_THREADS"]))
