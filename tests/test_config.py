@@ -28,7 +28,7 @@ def test_unknown_top_level_key_in_file(tmp_path):
     f.write_text("promts: x.jsonl\n")
     with pytest.raises(InputError) as e:
         load_config(GenerateConfig, f)
-    assert str(e.value).startswith(f"{f}: promts: unknown key")
+    assert str(e.value).startswith(f"{f}:1: promts: unknown key")
     assert "'prompts'" in str(e.value)
 
 

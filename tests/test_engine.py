@@ -47,6 +47,26 @@ def test_batched_greedy_equals_transformers_generate(arch, request):
         assert c.tokens == len(ref)
 
 
+def test_shared_prefix_prefill_matches_transformers_generate(llama_backend, monkeypatch):
+    """Few-shot prompts share a long prefix, prefilled once and broadcast to the batch."""
+    shots = [{"role": "user", "content": "An example question about cooking rice well?"},
+             {"role": "assistant", "content": "Rinse it, then simmer it covered for twenty "
+                                              "minutes and let it rest."}]
+    prompts = [shots + [{"role": "user", "content": q}] for q in
+               ("How do I bake bread?", "Say yes.", "What is a good name for a small cat?")]
+    ids = [llama_backend.encode(p) for p in prompts]
+    assert min(_lcp(ids[0], x) for x in ids[1:]) >= kv_engine.MIN_SHARED_DECODE_PREFIX
+    used = []
+    real = kv_engine.prefill_prefix
+    monkeypatch.setattr(kv_engine, "prefill_prefix", lambda m, ids: used.append(len(ids))
+                        or real(m, ids))
+    outs = llama_backend.generate(prompts, Sampling(temperature=0.0, max_tokens=24))
+    assert used and used[0] >= kv_engine.MIN_SHARED_DECODE_PREFIX
+    for prompt, (c,) in zip(prompts, outs):
+        assert c.text == llama_backend.tokenizer.decode(hf_greedy(llama_backend, prompt, 24),
+                                                        skip_special_tokens=True)
+
+
 def test_sampling_is_seeded_and_independent_of_batch(llama_backend):
     s = Sampling(n=2, temperature=1.0, top_p=0.9, max_tokens=24, seed=7)
     all_out = llama_backend.generate(PROMPTS, s)

@@ -121,7 +121,8 @@ def _check_keys(cls: type[BaseModel], data: Any, prefix: str, source: str | None
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else \
                 f" (valid: {', '.join(fields)})"
-            raise InputError(f"unknown key{hint}", path=source, field=path)
+            line = yaml_line(source, tuple(path.split("."))) if source else None
+            raise InputError(f"unknown key{hint}", path=source, line=line, field=path)
         ann = fields[key].annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             _check_keys(ann, value, path + ".", source)
@@ -132,10 +133,53 @@ def build_config(cls: type[C], data: dict[str, Any], source: str | None = None) 
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        field = ".".join(str(p) for p in err["loc"])
-        raise InputError(f"{err['msg']} (got {err.get('input')!r})", path=source,
-                         field=field or None) from None
+        raise validation_error(e, source) from None
+
+
+def field_path(loc: tuple) -> str:
+    """('critique_revision', 3, 'revision') -> 'critique_revision[3].revision'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_error(e: ValidationError, source: str | None) -> InputError:
+    """The first pydantic error as an InputError naming the file, line and field."""
+    errors = e.errors()
+    # A misspelt key also shows up as a missing one: name the misspelling, it is the cause.
+    err = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+    loc = tuple(err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        missing = [str(x["loc"][-1]) for x in errors if x["type"] == "missing"
+                   and tuple(x["loc"][:-1]) == loc[:-1]]
+        close = difflib.get_close_matches(str(loc[-1]), missing, n=1, cutoff=0.5)
+        msg = f"unknown key (did you mean '{close[0]}'?)" if close else "unknown key"
+    if err["type"] not in ("missing", "value_error") and not isinstance(err.get("input"), dict):
+        msg += f" (got {err.get('input')!r})"
+    line = yaml_line(source, loc) if source else None
+    return InputError(msg, path=source, line=line, field=field_path(loc) or None)
+
+
+def yaml_line(path: str | Path, loc: tuple) -> int | None:
+    """The line of the YAML node at `loc` (or of its nearest existing parent), 1-based."""
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        child = None
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
+                and part < len(node.value):
+            child = node.value[part]
+        if child is None:
+            break
+        node, line = child, child.start_mark.line + 1
+    return line
 
 
 def load_config(cls: type[C], path: str | Path | None = None,

@@ -25,6 +25,8 @@ ATTN_NAME = "cai_kv"
 # (a contiguous read is faster than a strided slice), so small steps waste little bandwidth;
 # each growth copies the cache once.
 _BLOCK = 16
+# A prefix shared by all prompts of a generate batch is prefilled once when at least this long.
+MIN_SHARED_DECODE_PREFIX = 32
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
@@ -218,12 +220,8 @@ def decode_batch(model, requests: Sequence[DecodeRequest], *, temperature: float
     """Decode a batch to completion. Rows stop at an end token, at `should_stop`, or at max."""
     n = len(requests)
     dev = model.device
-    ids, valid = _left_pad([r.prompt_ids for r in requests], pad_id)
-    ids, valid = ids.to(dev), valid.to(dev)
-    cache = KVCache(model.config.num_hidden_layers)
     gens = [torch.Generator().manual_seed(r.seed) for r in requests]
-    logits = _forward_new_tokens(model, cache, ids, valid, 0, keep=1)[:, -1]
-    next_pos = valid.long().sum(-1, keepdim=True)          # [B, 1] position of the next token
+    cache, logits, next_pos = _prefill(model, [r.prompt_ids for r in requests], pad_id)
     rows = torch.arange(n)                                  # batch slot -> request index (cpu)
     out: list[list[int]] = [[] for _ in range(n)]
     results: list[DecodeResult | None] = [None] * n
@@ -269,6 +267,33 @@ def decode_batch(model, requests: Sequence[DecodeRequest], *, temperature: float
         if results[r] is None:
             results[r] = DecodeResult(out[r], "length")
     return results  # type: ignore[return-value]
+
+
+def _prefill(model, prompts: Sequence[list[int]], pad_id: int):
+    """Prefill a batch; a long prefix shared by every prompt (few-shot exemplars, a system
+    prompt) is computed once and broadcast. Returns (cache, last logits [B, V], next positions
+    [B, 1])."""
+    n, dev = len(prompts), model.device
+    # Each row keeps at least one token of its own, whose logits start its decoding.
+    shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
+    if n > 1 and shared >= MIN_SHARED_DECODE_PREFIX:
+        prefix = prefill_prefix(model, list(prompts[0][:shared]))
+        width = max(len(p) for p in prompts) - shared
+        cache = prefix.broadcast(n, shared + width)
+        cache.valid = prefix.valid.expand(n, -1)
+    else:
+        shared, cache = 0, KVCache(model.config.num_hidden_layers)
+    ids, valid = _left_pad([p[shared:] for p in prompts], pad_id)
+    ids, valid = ids.to(dev), valid.to(dev)
+    logits = _forward_new_tokens(model, cache, ids, valid, shared, keep=1)[:, -1]
+    return cache, logits, shared + valid.long().sum(-1, keepdim=True)
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    first, k = seqs[0], min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        k = next((i for i in range(k) if s[i] != first[i]), k)
+    return k
 
 
 def _decode_step(model, cache: KVCache, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -1,48 +1,15 @@
-"""The `cai` command line.
-
-Bad input prints one line (`error: file:line: field: what is wrong`) and exits with code 2;
-`--verbose` adds the traceback. Heavy libraries are imported inside commands, so `cai --help`
-is instant.
-"""
+"""`cai models` and `cai generate`."""
 
 from __future__ import annotations
 
-import sys
-import time
-import traceback
 from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from constitutional.errors import InputError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Align a language model to a written constitution with AI feedback.")
-out = Console()
-err = Console(stderr=True)
-_state = {"verbose": False}
-
-
-@app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v",
-                                       help="Show tracebacks and library warnings.")):
-    _state["verbose"] = verbose
-    if not verbose:
-        import logging
-        import os
-        import warnings
-
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        logging.getLogger("transformers").setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore")
-
-
-def log(msg: str) -> None:
-    err.print(msg, highlight=False)
+from constitutional.cli.common import app, backend_loader, check_model, log, out, start_run
 
 
 @app.command("models")
@@ -82,8 +49,7 @@ def generate_cmd(
                                                     "e.g. sampling.top_p=0.9"),
 ):
     """Answer prompts with a model; writes OUT/generate/output.jsonl (resumable)."""
-    from constitutional.config import GenerateConfig, dump_config, load_config
-    from constitutional.jsonio import write_atomic
+    from constitutional.config import GenerateConfig, load_config
 
     base = {k: v for k, v in {
         "prompts": prompts, "model.name": model, "sampling.n": n,
@@ -93,29 +59,16 @@ def generate_cmd(
     cfg = load_config(GenerateConfig, config, overrides, base)
     from constitutional.prompts_io import load_prompts
     load_prompts(cfg.prompts, cfg.limit)          # validate before any model is loaded
-    if cfg.model.backend != "fake":
-        from constitutional.models import resolve_model
-        resolve_model(cfg.model.name, prepare=False)   # unknown names fail fast
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / "config.yaml", dump_config(cfg))
+    check_model(cfg.model)
+    start_run(out_dir, cfg)
 
     from constitutional.stages.generate import run_generate
 
-    result = run_generate(cfg, out_dir, lambda: _backend(cfg, out_dir), log=log)
-    _summary(result, show)
+    result = run_generate(cfg, out_dir, lambda: backend_loader(cfg, out_dir), log=log)
+    generate_summary(result, show)
 
 
-def _backend(cfg, run_dir: Path):
-    from constitutional.backends import load_backend
-    from constitutional.calllog import LoggedBackend
-
-    t0 = time.time()
-    backend = load_backend(cfg.model, log=log)
-    log(f"Loaded {cfg.model.name} ({cfg.model.backend}) in {time.time() - t0:.1f}s")
-    return LoggedBackend(backend, run_dir / "calls.jsonl") if cfg.log_calls else backend
-
-
-def _summary(result, show: int) -> None:
+def generate_summary(result, show: int) -> None:
     from constitutional.artifacts import read_output
 
     rows = read_output(result.output)
@@ -123,8 +76,8 @@ def _summary(result, show: int) -> None:
     for r in rows[:show]:
         out.rule(f"[bold]{r['id']}[/bold] (sample {r['sample']}, {r['completion_tokens']} "
                  f"tokens, {r['finish_reason']})")
-        out.print(f"[bold cyan]prompt:[/bold cyan] {r['prompt']}", highlight=False)
-        out.print(f"[bold green]answer:[/bold green] {r['completion']}", highlight=False)
+        out.print(f"[bold cyan]prompt:[/bold cyan] {escape(r['prompt'])}", highlight=False)
+        out.print(f"[bold green]answer:[/bold green] {escape(r['completion'])}", highlight=False)
     table = Table("stage", "rows", "new tokens", "time", "tokens/s", "output")
     seconds = result.seconds
     rate = f"{tokens / seconds:.0f}" if seconds > 0 and not result.skipped else "-"
@@ -134,30 +87,3 @@ def _summary(result, show: int) -> None:
     out.print(table)
 
 
-def main() -> None:
-    try:
-        app(standalone_mode=False)
-    except InputError as e:
-        if _state["verbose"]:
-            traceback.print_exc()
-        # Plain print: one unwrapped line, and no markup parsing of user text.
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        err.print("interrupted; run the same command again to resume")
-        sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        raise
-
-
-if __name__ == "__main__":
-    main()

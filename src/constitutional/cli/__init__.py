@@ -1,0 +1,41 @@
+"""The `cai` command line.
+
+Bad input prints one line (`error: file:line: field: what is wrong`) and exits with code 2;
+`--verbose` adds the traceback. Heavy libraries are imported inside commands, so `cai --help`
+is instant.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from constitutional.cli import basic, constitution_cmd, sl_cai  # noqa: F401  (registers commands)
+from constitutional.cli.common import app, err, state
+from constitutional.errors import InputError
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except InputError as e:
+        if state["verbose"]:
+            traceback.print_exc()
+        # Plain print: one unwrapped line, and no markup parsing of user text.
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; run the same command again to resume")
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        raise
+

@@ -1,0 +1,5 @@
+"""`python -m constitutional.cli`."""
+
+from constitutional.cli import main
+
+main()

@@ -1,0 +1,214 @@
+"""Stage `critique`: the supervised half of Constitutional AI (critique -> revision).
+
+For each red-team prompt and each sample: the helpful model answers; then, for N rounds, a
+critique/revision principle pair is drawn (seeded, a fresh one each round), the model critiques
+its last response under the critique request and rewrites it under the revision request.
+Few-shot exemplars come before the conversation. Every round is kept; the final revision is
+the SL-CAI training target. Each step is one batched generate call over the whole chunk, and
+chunks are resumable shards.
+
+Degenerate steps are flagged, never silently kept: `empty`, `repeats_request` (the reply
+restates the request), `copy_of_answer` (a revision that is nearly the text it should revise
+or the original answer), `repetitive` (one sentence three or more times: a decoding loop),
+`truncated` (hit the token cap, kept but marked). A row is `ok` when its final revision has none
+of the first four.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import Field, model_validator
+
+from constitutional.artifacts import StageDir, StageResult, run_sharded
+from constitutional.backends.base import Sampling
+from constitutional.config import ModelConfig, SamplingConfig, StrictModel
+from constitutional.constitution import Constitution, draw_principles, load_constitution
+from constitutional.jsonio import sha256_file
+from constitutional.progress import progress_bar
+from constitutional.prompts_io import PromptRow, load_prompts
+from constitutional.transcripts import (DEFAULT_STOPS, Format, Turn, clean_reply,
+                                        exemplar_turns, from_messages, render)
+
+STAGE = "critique"
+BAD_FLAGS = {"empty", "repeats_request", "copy_of_answer", "repetitive"}
+
+
+class CritiqueConfig(StrictModel):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The helpful model: "
+                               "it answers, critiques and revises.")
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(max_tokens=128, stop=list(DEFAULT_STOPS)),
+        description="Decoding for every step; max_tokens caps each step.")
+    constitution: str = Field("bundled:harmless", description="Our YAML, the open recipe's "
+                              "JSON, or the CAI paper's prompts folder.")
+    prompts: str = Field("bundled:redteam", description="Red-team prompts (JSONL).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    rounds: int = Field(1, ge=1, description="Critique -> revision rounds (the paper: 1-4).")
+    samples: int = Field(1, ge=1, description="Independent chains per prompt, each from its "
+                         "own initial answer (the paper: 4).")
+    mode: Literal["critique", "revision_only"] = Field(
+        "critique", description="revision_only skips the critique (the paper's ablation).")
+    few_shot: int | None = Field(None, ge=0, description="Exemplars put before each "
+                                 "conversation (None: all in the constitution).")
+    prompt_format: Literal["chat", "text"] = Field(
+        "chat", description="chat: the model's chat template; text: the paper's "
+        "'Human:/Assistant:/CritiqueRequest:' layout for pretrained models.")
+    system_prompt: str | None = Field(None, description="System message before everything.")
+    copy_threshold: float = Field(0.9, gt=0, le=1, description="Word-level similarity at "
+                                  "or above which a revision counts as a copy.")
+    chunk_size: int = Field(32, ge=1, description="Prompts per resumable shard.")
+    log_calls: bool = True
+
+    @model_validator(mode="after")
+    def _one_sample_per_call(self):
+        if self.sampling.n != 1:
+            raise ValueError("use `samples` for chains per prompt; sampling.n must stay 1")
+        return self
+
+
+@dataclass
+class Chain:
+    """One (prompt, sample) worked through the rounds."""
+    row: PromptRow
+    sample: int
+    principles: list[int]
+    turns: list[Turn] = field(default_factory=list)
+    answer: str = ""
+    answer_finish: str = ""
+    rounds: list[dict] = field(default_factory=list)
+
+    @property
+    def current(self) -> str:
+        return self.rounds[-1]["revision"] if self.rounds else self.answer
+
+
+def run_critique(cfg: CritiqueConfig, run_dir: str | Path, get_backend: Callable[[], object],
+                 log: Callable[[str], None] = print) -> StageResult:
+    cpath, constitution = load_constitution(cfg.constitution)
+    constitution.require("critique_revision", str(cpath))
+    ppath, rows = load_prompts(cfg.prompts, cfg.limit)
+    shots = _shots(constitution, cfg)
+    steps_per_chain = 1 + cfg.rounds * (2 if cfg.mode == "critique" else 1)
+    stage = StageDir(run_dir, STAGE)
+    stage_cfg = cfg.model_dump(exclude={"model": {"batch_size", "score_batch_tokens"},
+                                        "chunk_size": True, "log_calls": True, "limit": True})
+    backend = None
+    with progress_bar(STAGE, len(rows) * cfg.samples * steps_per_chain, unit="steps") as adv:
+        def process(chunk: list[PromptRow]) -> list[dict]:
+            nonlocal backend
+            backend = backend or get_backend()
+            return critique_chunk(backend, chunk, constitution, shots, cfg, adv)
+
+        return run_sharded(stage, config=stage_cfg,
+                           inputs={"prompts": sha256_file(ppath),
+                                   "constitution": constitution.fingerprint()},
+                           items=rows, chunk_size=cfg.chunk_size, process=process,
+                           on_resume=lambda n: adv(n * cfg.samples * steps_per_chain), log=log)
+
+
+def _shots(constitution: Constitution, cfg: CritiqueConfig) -> list[list[Turn]]:
+    exemplars = constitution.exemplars.critique_revision
+    if cfg.few_shot is not None:
+        exemplars = exemplars[:cfg.few_shot]
+    return [exemplar_turns(ex, with_critique=cfg.mode == "critique") for ex in exemplars]
+
+
+def critique_chunk(backend, chunk: list[PromptRow], constitution: Constitution,
+                   shots: list[list[Turn]], cfg: CritiqueConfig,
+                   progress: Callable[[int], None] | None = None) -> list[dict]:
+    """All chains of a chunk, step by step: one batched generate call per step."""
+    base = Sampling.from_config(cfg.sampling)
+    pairs = constitution.critique_revision
+    system = cfg.system_prompt
+    answers = backend.generate(
+        [render([], from_messages(r.messages), cfg.prompt_format, system) for r in chunk],
+        Sampling(**{**base.__dict__, "n": cfg.samples}), progress=progress)
+    chains = []
+    for r, outs in zip(chunk, answers):
+        for j, c in enumerate(outs):
+            ch = Chain(r, j, draw_principles(len(pairs), cfg.rounds, cfg.sampling.seed,
+                                             f"{r.id}\x00{j}"))
+            ch.answer, ch.answer_finish = clean_reply(c.text, "Assistant"), c.finish_reason
+            ch.turns = from_messages(r.messages) + [("Assistant", ch.answer)]
+            chains.append(ch)
+    for k in range(cfg.rounds):
+        drawn = [pairs[ch.principles[k]] for ch in chains]
+        rounds = [{"round": k + 1, "principle": p.name} for p in drawn]
+        kinds = ("critique", "revision") if cfg.mode == "critique" else ("revision",)
+        for kind in kinds:
+            _step(backend, chains, rounds, kind, [getattr(p, kind) for p in drawn], shots, cfg,
+                  base, progress)
+        for ch, rd in zip(chains, rounds):
+            ch.rounds.append(rd)
+    return [_row(ch, cfg) for ch in chains]
+
+
+def _step(backend, chains: list[Chain], rounds: list[dict], kind: str, requests: list[str],
+          shots: list[list[Turn]], cfg: CritiqueConfig, sampling: Sampling, progress) -> None:
+    """Append the `kind` ('critique' | 'revision') request and the model's reply to every
+    chain, in one batched call."""
+    req_tag, reply_tag = ("CritiqueRequest", "Critique") if kind == "critique" else \
+        ("RevisionRequest", "Revision")
+    prompts = [render(shots, ch.turns + [(req_tag, req)], cfg.prompt_format, cfg.system_prompt)
+               for ch, req in zip(chains, requests)]
+    outs = backend.generate(prompts, sampling, progress=progress)
+    for ch, rd, req, (c,) in zip(chains, rounds, requests, outs):
+        text = clean_reply(c.text, reply_tag)
+        against = [ch.current, ch.answer] if kind == "revision" else []
+        rd.update({f"{kind}_request": req, kind: text,
+                   f"{kind}_flags": step_flags(text, req, against, c.finish_reason,
+                                               cfg.copy_threshold)})
+        ch.turns += [(req_tag, req), (reply_tag, text)]
+
+
+def step_flags(text: str, request: str, originals: list[str], finish_reason: str,
+               copy_threshold: float) -> list[str]:
+    flags = []
+    if not text.strip():
+        return ["empty"]
+    words = _words(text)
+    req = _words(request)
+    if similarity(words, req) >= 0.8 or (req and words[:len(req)] == req):
+        flags.append("repeats_request")
+    if any(o.strip() and similarity(words, _words(o)) >= copy_threshold for o in originals):
+        flags.append("copy_of_answer")
+    if _repetitive(text):
+        flags.append("repetitive")
+    if finish_reason == "length":
+        flags.append("truncated")
+    return flags
+
+
+def _repetitive(text: str) -> bool:
+    """The same sentence (4+ words) three or more times: a small model stuck in a loop."""
+    sentences = Counter(" ".join(_words(s)) for s in re.split(r"[.!?\n]+", text)
+                        if len(_words(s)) >= 4)
+    return any(n >= 3 for n in sentences.values())
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def similarity(a: list[str], b: list[str]) -> float:
+    if not a or not b:
+        return 0.0
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def _row(ch: Chain, cfg: CritiqueConfig) -> dict:
+    last = ch.rounds[-1]
+    flags = list(last["revision_flags"])
+    if not ch.answer.strip():
+        flags.append("empty_answer")
+    return {"id": ch.row.id, "sample": ch.sample, "prompt": ch.row.text,
+            "messages": ch.row.messages, "initial_response": ch.answer,
+            "initial_finish_reason": ch.answer_finish, "mode": cfg.mode,
+            "rounds": ch.rounds, "revision": last["revision"], "flags": flags,
+            "ok": not (set(flags) & BAD_FLAGS)}
