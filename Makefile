@@ -23,10 +23,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/cai models
-	$(BIN)/cai generate --model smollm2-135m --prompts bundled:redteam --limit 6 \
-		--max-tokens 96 --show 3 --out runs/demo-redteam
-	$(BIN)/cai generate --model smollm2-135m --prompts bundled:helpful --limit 6 \
-		--max-tokens 96 --show 3 --out runs/demo-helpful
+	$(BIN)/cai constitution validate bundled:harmless
+	# SL-CAI on the embedded model: critique -> revision on bundled red-team prompts, the
+	# helpfulness mix, export, a short LoRA fine-tune, then the SL-CAI model's answers.
+	$(BIN)/cai sl-cai --config configs/quickstart.yaml --out runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -37,6 +37,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/score.py
+	$(BIN)/python bench/critique.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -92,3 +92,112 @@ def critique_summary(result, show: int) -> None:
                   "reused (unchanged)" if result.skipped else f"{result.seconds:.1f}s",
                   f"{rounds / result.seconds:.2f}" if fast else "-", str(result.output))
     out.print(table)
+
+
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Option(..., "--run", help="Run folder with a finished critique stage."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Default: RUN/export."),
+    include_flagged: bool = typer.Option(False, "--include-flagged"),
+    parquet: bool = typer.Option(True, "--parquet/--no-parquet"),
+):
+    """Write the revisions as HF datasets (sft: messages; pairs: prompt/chosen/rejected) + card."""
+    from constitutional.export import export_revisions
+
+    counts = export_revisions(run, out_dir, include_flagged, parquet)
+    where = out_dir or run / "export"
+    out.print(f"exported {counts['exported']} of {counts['rows']} rows to {where} "
+              f"(sft.jsonl, pairs.jsonl{', .parquet' if parquet else ''}, README.md)",
+              highlight=False)
+
+
+@app.command("train-sft")
+def train_sft_cmd(
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder; the model lands in "
+                                 "OUT/sl_model/model."),
+    revisions: Optional[str] = typer.Option(None, "--revisions", help="critique output "
+                                            "(default: OUT/critique/output.jsonl)."),
+    helpful: Optional[str] = typer.Option(None, "--helpful", help="generate output on "
+                                          "helpful prompts (the helpfulness mix)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to fine-tune."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
+    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA (default) or all "
+                                        "weights."),
+    epochs: Optional[float] = typer.Option(None, "--epochs"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
+    overrides: Optional[List[str]] = OVERRIDES,
+):
+    """Fine-tune on (prompt, final revision) plus helpful answers: SL-CAI."""
+    from constitutional.config import load_config
+    from constitutional.train.sft import SFTTrainConfig, run_sft
+
+    default = out_dir / "critique/output.jsonl"
+    base = flags(revisions=revisions or (str(default) if default.is_file() else None),
+                 helpful=helpful, model__name=model, lora=lora, epochs=epochs,
+                 max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+                 learning_rate=lr)
+    cfg = load_config(SFTTrainConfig, config, overrides, base)
+    check_model(cfg.model)
+    start_run(out_dir, cfg, "sft.config.yaml")
+    result = run_sft(cfg, out_dir, log)
+    sft_summary(result)
+
+
+def sft_summary(result) -> None:
+    import json
+
+    m = json.loads((result.output.parent / "manifest.json").read_text())
+    state = "reused (unchanged)" if result.skipped else f"{result.seconds:.1f}s"
+    out.print(f"SL-CAI model: {result.output} ({result.rows} examples, final train loss "
+              f"{m.get('final_loss')}, {state})", highlight=False)
+
+
+@app.command("sl-cai")
+def sl_cai_cmd(
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder (resumable)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe, e.g. "
+                                          "configs/quickstart.yaml."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Helpful model and the "
+                                        "model fine-tuned."),
+    constitution: Optional[str] = typer.Option(None, "--constitution"),
+    prompts: Optional[str] = typer.Option(None, "--prompts", "-p", help="Red-team JSONL."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Fake backend for generation."),
+    overrides: Optional[List[str]] = OVERRIDES,
+):
+    """All of SL-CAI: critique -> revision, helpfulness mix, export, fine-tune, compare."""
+    from constitutional.config import load_config
+    from constitutional.stages.sl_cai import SLCAIConfig, run_sl_cai, set_model
+
+    base = flags(critique__constitution=constitution, critique__prompts=prompts,
+                 critique__model__backend="fake" if dry_run else None)
+    cfg = load_config(SLCAIConfig, config, overrides, base)
+    if model:
+        set_model(cfg, model)
+    _check_inputs(cfg.critique)
+    check_model(cfg.sft.model)
+    start_run(out_dir, cfg, "sl_cai.config.yaml")
+
+    def load(model_cfg):
+        return backend_loader(cfg.critique.model_copy(update={"model": model_cfg}), out_dir)
+
+    results = run_sl_cai(cfg, out_dir, load, log)
+    sl_cai_summary(results, out_dir)
+
+
+def sl_cai_summary(results: dict, run_dir: Path) -> None:
+    from constitutional.artifacts import read_output
+
+    chains = read_output(results["critique"].output)
+    answers = {r["id"]: r for r in read_output(results["sl_answers"].output)} \
+        if "sl_answers" in results else {}
+    for r in [c for c in chains if c["sample"] == 0 and c["id"] in answers]:
+        print_chain(r)
+        out.print(f"[bold magenta]SL-CAI model:[/bold magenta] "
+                  f"{escape(answers[r['id']]['completion'])}", highlight=False)
+    critique_summary(results["critique"], 0)
+    sft_summary(results["sl_model"])
+    out.print(f"data: {run_dir / 'export'} | model: {results['sl_model'].output}",
+              highlight=False)

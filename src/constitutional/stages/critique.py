@@ -43,8 +43,11 @@ class CritiqueConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The helpful model: "
                                "it answers, critiques and revises.")
     sampling: SamplingConfig = Field(
-        default_factory=lambda: SamplingConfig(max_tokens=128, stop=list(DEFAULT_STOPS)),
+        default_factory=lambda: SamplingConfig(max_tokens=128),
         description="Decoding for every step; max_tokens caps each step.")
+    stop: list[str] = Field(default_factory=lambda: list(DEFAULT_STOPS), description="Stop "
+                            "strings added to sampling.stop, so a small model does not run on "
+                            "into invented 'Human:' turns.")
     constitution: str = Field("bundled:harmless", description="Our YAML, the open recipe's "
                               "JSON, or the CAI paper's prompts folder.")
     prompts: str = Field("bundled:redteam", description="Red-team prompts (JSONL).")
@@ -124,6 +127,7 @@ def critique_chunk(backend, chunk: list[PromptRow], constitution: Constitution,
                    progress: Callable[[int], None] | None = None) -> list[dict]:
     """All chains of a chunk, step by step: one batched generate call per step."""
     base = Sampling.from_config(cfg.sampling)
+    base = Sampling(**{**base.__dict__, "stop": tuple(dict.fromkeys(base.stop + tuple(cfg.stop)))})
     pairs = constitution.critique_revision
     system = cfg.system_prompt
     answers = backend.generate(

@@ -1,7 +1,7 @@
 """Stage `generate`: answer a file of prompts with a model, resumably.
 
-Output rows: the prompt's id and text, the sample index, the completion, why it ended, and
-token counts; one row per (prompt, sample), in input order.
+Output rows: the prompt's id, text and messages, the sample index, the completion, why it
+ended, and token counts; one row per (prompt, sample), in input order.
 """
 
 from __future__ import annotations
@@ -26,22 +26,26 @@ def conversation(row: PromptRow, system_prompt: str | None) -> list[dict[str, st
 
 
 def run_generate(cfg: GenerateConfig, run_dir: str | Path, get_backend: Callable[[], object],
-                 log: Callable[[str], None] = print) -> StageResult:
-    """`get_backend` is called only if there is work to do (a finished stage loads no model)."""
+                 log: Callable[[str], None] = print, stage_name: str = STAGE) -> StageResult:
+    """`get_backend` is called only if there is work to do (a finished stage loads no model).
+
+    `stage_name` names the folder, so one run can hold several generate stages (e.g. the
+    helpful answers of SL-CAI)."""
     path, rows = load_prompts(cfg.prompts, cfg.limit)
     sampling = Sampling.from_config(cfg.sampling)
-    stage = StageDir(run_dir, STAGE)
+    stage = StageDir(run_dir, stage_name)
     stage_cfg = {"model": cfg.model.model_dump(exclude={"batch_size", "score_batch_tokens"}),
                  "sampling": cfg.sampling.model_dump(), "system_prompt": cfg.system_prompt}
     backend = None
     total = len(rows) * sampling.n
-    with progress_bar(f"{STAGE}", total, unit="completions") as advance:
+    with progress_bar(stage_name, total, unit="completions") as advance:
         def process(chunk: list[PromptRow]) -> list[dict]:
             nonlocal backend
             backend = backend or get_backend()
             outs = backend.generate([conversation(r, cfg.system_prompt) for r in chunk],
                                     sampling, progress=advance)
-            return [{"id": r.id, "prompt": r.text, "sample": j, "completion": c.text,
+            return [{"id": r.id, "prompt": r.text, "messages": r.messages, "sample": j,
+                     "completion": c.text,
                      "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
                      "completion_tokens": c.tokens}
                     for r, cs in zip(chunk, outs) for j, c in enumerate(cs)]

@@ -1,0 +1,1 @@
+"""Training: SFT (SL-CAI) now; preference model, DPO and PPO next."""

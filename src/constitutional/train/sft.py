@@ -1,0 +1,197 @@
+"""Stage `sl_model`: supervised fine-tuning (SL-CAI) with TRL's SFTTrainer, full or LoRA.
+
+What makes it fast on a CPU with bf16 matrix units (see bench/train.py): bf16 autocast,
+activation checkpointing off (TRL turns it on by default; it costs 25-30% per step), and for
+LoRA the frozen base weights stored in bf16 so autocast does not re-cast them every step.
+
+The result is an ordinary Hugging Face folder (safetensors, tokenizer, chat template) at
+RUN/sl_model/model: LoRA adapters are merged in, so every command takes it as `--model`.
+Resumable: Trainer checkpoints land in RUN/sl_model/checkpoints and a restarted run with the
+same config and data continues from the latest; the final folder appears by atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import Field
+
+from constitutional.artifacts import StageDir, StageResult, package_versions
+from constitutional.config import ModelConfig, StrictModel
+from constitutional.errors import InputError
+from constitutional.jsonio import sha256_file, sha256_json, write_json_atomic, write_jsonl_atomic
+
+STAGE = "sl_model"
+
+
+class LoraSettings(StrictModel):
+    r: int = Field(16, ge=1, description="Rank of the adapters.")
+    alpha: int = Field(32, ge=1, description="Scale numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear", description="Modules that get "
+                                            "adapters ('all-linear' or a list of names).")
+
+
+class SFTTrainConfig(StrictModel):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model to "
+                               "fine-tune (the paper fine-tunes the pretrained model).")
+    revisions: str | None = Field(None, description="critique stage output "
+                                  "(critique/output.jsonl); `cai sl-cai` fills it in.")
+    helpful: str | None = Field(None, description="generate output on helpful prompts.")
+    helpful_per_revision: float = Field(1.0, ge=0, description="Helpful examples mixed in "
+                                        "per revision example.")
+    include_flagged: bool = Field(False, description="Also train on flagged revisions.")
+    lora: bool = Field(True, description="Train LoRA adapters (merged at the end) instead of "
+                       "all weights.")
+    lora_settings: LoraSettings = Field(default_factory=LoraSettings)
+    learning_rate: float | None = Field(None, gt=0, description="None: 2e-4 with LoRA, "
+                                        "1e-5 for full fine-tuning.")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs).")
+    batch_size: int = Field(8, ge=1, description="Examples per device step.")
+    grad_accum: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
+    max_length: int = Field(512, ge=16, description="Tokens per example (longer ones are "
+                            "truncated).")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast where the CPU has bf16 units or on GPU.")
+    activation_checkpointing: bool = Field(False, description="Trade ~30% speed for memory.")
+    warmup_steps: int = Field(0, ge=0)
+    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume point).")
+    logging_steps: int = Field(5, ge=1)
+    seed: int = 0
+
+
+def use_bf16(precision: str) -> bool:
+    import torch
+
+    from constitutional.backends.transformers_backend import cpu_has_bf16
+
+    if precision != "auto":
+        return precision == "bf16"
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported() or \
+        (not torch.cuda.is_available() and cpu_has_bf16())
+
+
+def build_dataset(cfg: SFTTrainConfig) -> list[dict]:
+    from constitutional.train.sft_data import helpful_examples, mix, revision_examples
+
+    revisions = revision_examples(cfg.revisions, cfg.include_flagged)
+    if not revisions:
+        raise InputError("no usable revisions (all flagged? see include_flagged)",
+                         path=cfg.revisions)
+    helpful = helpful_examples(cfg.helpful) if cfg.helpful else []
+    return mix(revisions, helpful, cfg.helpful_per_revision, cfg.seed)
+
+
+def run_sft(cfg: SFTTrainConfig, run_dir: str | Path,
+            log: Callable[[str], None] = print) -> StageResult:
+    if not cfg.revisions:
+        raise InputError("no revisions to train on: give `revisions` (a critique output)",
+                         field="revisions")
+    stage = StageDir(run_dir, STAGE)
+    final = stage.path / "model"
+    inputs = {"revisions": sha256_file(cfg.revisions)}
+    if cfg.helpful:
+        inputs["helpful"] = sha256_file(cfg.helpful)
+    fingerprint = sha256_json({"stage": STAGE, "config": cfg.model_dump(mode="json"),
+                               "inputs": inputs})
+    m = stage.manifest()
+    if m and m.get("fingerprint") == fingerprint and m.get("status") == "complete" and \
+            final.is_dir():
+        return StageResult(STAGE, final, m.get("rows", 0), 0.0, skipped=True)
+    if m and m.get("fingerprint") != fingerprint:
+        log(f"{STAGE}: config or data changed since the last run; training from scratch")
+        shutil.rmtree(stage.path)
+    rows = build_dataset(cfg)
+    stage.path.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(stage.path / "train.jsonl", rows)
+    manifest = {"stage": STAGE, "status": "running", "fingerprint": fingerprint,
+                "config": cfg.model_dump(mode="json"), "inputs": inputs, "rows": len(rows),
+                "versions": package_versions()}
+    stage.write_manifest(manifest)
+    t0 = time.time()
+    history = train(cfg, rows, stage.path / "checkpoints", final, log)
+    write_json_atomic(stage.path / "log_history.json", history)
+    manifest.update(status="complete", seconds=time.time() - t0, output="model",
+                    final_loss=next((h["train_loss"] for h in reversed(history)
+                                     if "train_loss" in h), None))
+    stage.write_manifest(manifest)
+    return StageResult(STAGE, final, len(rows), manifest["seconds"], skipped=False)
+
+
+def train(cfg: SFTTrainConfig, rows: list[dict], checkpoints: Path, final: Path,
+          log: Callable[[str], None] = print) -> list[dict]:
+    """Fine-tune on prompt-completion rows; write the merged model to `final`."""
+    trainer = make_trainer(cfg, rows, checkpoints)
+    resume = any(checkpoints.glob("checkpoint-*"))
+    if resume:
+        log(f"{STAGE}: resuming from the latest checkpoint in {checkpoints}")
+    trainer.train(resume_from_checkpoint=resume or None)
+    save_merged(trainer.model, trainer.processing_class, final, cfg.lora)
+    return trainer.state.log_history
+
+
+def make_trainer(cfg: SFTTrainConfig, rows: list[dict], checkpoints: Path):
+    import datasets
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    datasets.disable_progress_bars()
+    bf16 = use_bf16(cfg.precision)
+    model, tok = load_trainable(cfg, bf16)
+    args = SFTConfig(
+        output_dir=str(checkpoints), per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate or (2e-4 if cfg.lora else 1e-5),
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
+        bf16=bf16, use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=cfg.activation_checkpointing, warmup_steps=cfg.warmup_steps,
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
+        seed=cfg.seed, report_to=[], completion_only_loss=True)
+    data = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}
+                                       for r in rows])
+    return SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+
+
+def load_trainable(cfg: SFTTrainConfig, bf16: bool):
+    import torch
+
+    from constitutional.backends.transformers_backend import load_model_and_tokenizer, pick_device
+    from constitutional.models import resolve_model
+
+    resolved = resolve_model(cfg.model.name)
+    # LoRA: frozen base weights in bf16 (autocast would cast them every step anyway);
+    # full fine-tuning keeps fp32 master weights under bf16 autocast.
+    dtype = torch.bfloat16 if (bf16 and cfg.lora) else torch.float32
+    model, tok = load_model_and_tokenizer(
+        resolved.path, dtype=dtype, device=pick_device(cfg.model.device),
+        trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision,
+        name=cfg.model.name)
+    model.train()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        s = cfg.lora_settings
+        model = get_peft_model(model, LoraConfig(
+            r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=s.target_modules,
+            task_type="CAUSAL_LM"))
+    return model, tok
+
+
+def save_merged(model, tok, final: Path, lora: bool) -> None:
+    """An ordinary HF folder: adapters merged, safetensors, tokenizer; lands by rename."""
+    if lora:
+        model = model.merge_and_unload()
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "cai_sft.json").write_text(json.dumps({"lora_merged": lora}))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
