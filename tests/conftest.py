@@ -99,6 +99,24 @@ def cai_popen(args: list[str], cwd: Path) -> subprocess.Popen:
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def kill_after_shards(args: list[str], cwd: Path, shards: Path, at_least: int,
+                      timeout: float = 240) -> int:
+    """Start `cai args`, SIGKILL it once `shards` holds `at_least` shards; return how many."""
+    import signal
+    import time
+
+    proc = cai_popen(args, cwd)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("*.jsonl"))) >= at_least:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return len(list(shards.glob("*.jsonl")))
+
+
 def write_jsonl(path: Path, rows) -> Path:
     import json
 

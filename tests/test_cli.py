@@ -1,12 +1,10 @@
 """`cai` as a user runs it: real subprocesses, one-line errors, exit codes, resume after kill."""
 
 import json
-import signal
-import time
 
 import pytest
 
-from conftest import cai_popen, run_cai, write_jsonl
+from conftest import kill_after_shards, run_cai, write_jsonl
 
 
 def _prompts(tmp_path, n=6):
@@ -91,20 +89,11 @@ def test_kill_mid_run_then_resume_matches_unbroken_run(tmp_path, tiny_llama):
     unbroken = run_cai(args + ["--out", "a"], tmp_path)
     assert unbroken.returncode == 0, unbroken.stderr
 
-    proc = cai_popen(args + ["--out", "b"], tmp_path)
     shards = tmp_path / "b/generate/shards"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if shards.is_dir() and len(list(shards.glob("*.jsonl"))) >= 3:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    done_before = kill_after_shards(args + ["--out", "b"], tmp_path, shards, at_least=3)
     manifest = json.loads((tmp_path / "b/generate/manifest.json").read_text())
     assert manifest["status"] == "running"
     assert not (tmp_path / "b/generate/output.jsonl").exists()
-    done_before = len(list(shards.glob("*.jsonl")))
     assert 3 <= done_before < 60
 
     resumed = run_cai(args + ["--out", "b"], tmp_path)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import time
 
 import pytest
 
@@ -12,7 +10,7 @@ from constitutional.artifacts import read_output
 from constitutional.backends.fake import FakeBackend, last_user_text
 from constitutional.constitution import draw_principles, load_constitution
 from constitutional.stages.critique import CritiqueConfig, run_critique, step_flags
-from conftest import cai_popen, run_cai, write_jsonl
+from conftest import kill_after_shards, run_cai, write_jsonl
 
 
 def prompts_file(tmp_path, n=3):
@@ -166,18 +164,9 @@ def test_kill_mid_critique_then_resume_matches_unbroken_run(tmp_path, tiny_llama
     unbroken = run_cai(args + ["--out", "a"], tmp_path)
     assert unbroken.returncode == 0, unbroken.stderr
 
-    proc = cai_popen(args + ["--out", "b"], tmp_path)
-    shards = tmp_path / "b/critique/shards"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if shards.is_dir() and len(list(shards.glob("*.jsonl"))) >= 2:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    done_before = kill_after_shards(args + ["--out", "b"], tmp_path,
+                                    tmp_path / "b/critique/shards", at_least=2)
     assert not (tmp_path / "b/critique/output.jsonl").exists()
-    done_before = len(list(shards.glob("*.jsonl")))
     assert 2 <= done_before < 24
 
     resumed = run_cai(args + ["--out", "b"], tmp_path)

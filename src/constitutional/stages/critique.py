@@ -32,7 +32,7 @@ from constitutional.constitution import Constitution, draw_principles, load_cons
 from constitutional.jsonio import sha256_file
 from constitutional.progress import progress_bar
 from constitutional.prompts_io import PromptRow, load_prompts
-from constitutional.transcripts import (DEFAULT_STOPS, Format, Turn, clean_reply,
+from constitutional.transcripts import (DEFAULT_STOPS, Turn, clean_reply,
                                         exemplar_turns, from_messages, render)
 
 STAGE = "critique"
