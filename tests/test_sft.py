@@ -197,3 +197,42 @@ def test_sl_cai_pipeline_end_to_end_and_resumed(tmp_path, tiny_llama):
     gen = run_cai(["generate", "--model", str(run / "sl_model/model"), "--prompts", "p.jsonl",
                    "--max-tokens", "4", "--out", "gen", "model.dtype=float32"], tmp_path)
     assert gen.returncode == 0, gen.stderr
+
+
+def test_completion_nll_by_hand():
+    import math
+
+    import torch
+
+    from constitutional.train.losses import completion_nll
+
+    logits = torch.tensor([[0.0, 0.0], [math.log(3), 0.0], [5.0, -5.0]], dtype=torch.bfloat16)
+    targets = torch.tensor([0, 1, -100])
+    # row 0: p = 1/2 -> ln 2; row 1: p(1) = 1/(3+1) -> ln 4; row 2 not scored
+    loss_sum, n = completion_nll(logits, targets)
+    assert n.item() == 2
+    assert loss_sum.item() == pytest.approx(math.log(8), abs=2e-2)   # bf16 logits, fp32 math
+
+
+def test_cpu_completion_loss_equals_trls_fused_head(tmp_path, tiny_llama):
+    """Our CPU loss (LM head on completion positions only) is TRL's loss, to float precision."""
+    import torch
+    from trl import SFTTrainer
+
+    from constitutional.train.sft import make_trainer
+
+    rev = write_jsonl(tmp_path / "rev.jsonl", critique_rows(4, flagged=()))
+    cfg = sft_config(tiny_llama, rev, precision="fp32")
+    trainer = make_trainer(cfg, revision_examples(rev), tmp_path / "ck")
+    assert type(trainer) is not SFTTrainer
+    batch = next(iter(trainer.get_train_dataloader()))
+    ours = trainer.compute_loss(trainer.model, dict(batch))
+    ours.backward()
+    g_ours = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    trainer.model.zero_grad()
+    trl = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
+    trl.backward()
+    assert ours.item() == pytest.approx(trl.item(), rel=1e-5)
+    for name, g in g_ours.items():
+        torch.testing.assert_close(g, dict(trainer.model.named_parameters())[name].grad,
+                                   rtol=1e-4, atol=1e-6)
