@@ -27,6 +27,12 @@ demo: $(STAMP)
 	# SL-CAI on the embedded model: critique -> revision on bundled red-team prompts, the
 	# helpfulness mix, export, a short LoRA fine-tune, then the SL-CAI model's answers.
 	$(BIN)/cai sl-cai --config configs/quickstart.yaml --out runs/quickstart
+	# RL-CAI's data: the SL-CAI model answers twice per prompt, the embedded model labels each
+	# pair from its option probabilities (8 choice principles x both orders), and a small
+	# preference model is trained on the soft labels.
+	$(BIN)/cai pairs --out runs/quickstart --limit 32 --max-tokens 64
+	$(BIN)/cai label --out runs/quickstart --show 3
+	$(BIN)/cai train-pm --out runs/quickstart --epochs 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -38,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/critique.py
+	$(BIN)/python bench/label.py
 	$(BIN)/python bench/train.py
 
 clean:

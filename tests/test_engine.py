@@ -199,3 +199,20 @@ def test_cache_growth_and_select():
     assert torch.count_nonzero(cache.k[0][:, :, 3:]) == 0
     cache.select(torch.tensor([1]))
     assert torch.equal(cache.k[0][0, :, :3], k[1])
+
+
+def test_engine_attention_keeps_plain_transformers_generate_correct(tiny_llama):
+    """A model routed through the engine's attention still works with HF's own generate
+    (no mask, a cache in front): same tokens as the stock attention."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from conftest import load_backend_fp32
+
+    patched = load_backend_fp32(tiny_llama).model
+    stock = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    ids = torch.tensor([[5, 17, 42, 9, 33, 7]])
+    kw = dict(do_sample=False, max_new_tokens=8, attention_mask=torch.ones_like(ids),
+              pad_token_id=0)
+    with torch.inference_mode():
+        assert patched.generate(ids, **kw).tolist() == stock.generate(ids, **kw).tolist()

@@ -67,6 +67,9 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def sha256_file(path: str | Path) -> str:
+    if not Path(path).is_file():
+        raise InputError("file not found" if not Path(path).exists() else "not a file",
+                         path=str(path))
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -35,18 +35,24 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     Hkv = key.shape[1]
     G = H // Hkv
     scaling = scaling if scaling is not None else 1.0 / math.sqrt(d)
-    if q == 1 and attention_mask.dtype != torch.bool:
+    if q == 1 and (attention_mask is None or attention_mask.dtype != torch.bool):
         # Decode: head h reads kv head h // G, so [B, H, 1, d] -> [B*Hkv, G, d] needs no copy of
         # K or V. attention_mask is additive [B, 1, 1, T] (0 or -inf).
         T = key.shape[2]
         qg = query.reshape(B * Hkv, G, d)
         scores = torch.bmm(qg, key.reshape(B * Hkv, T, d).transpose(1, 2)) * scaling
-        scores = scores.view(B, Hkv, G, T) + attention_mask
+        scores = scores.view(B, Hkv, G, T)
+        if attention_mask is not None:      # None: one unpadded row (e.g. HF generate)
+            scores = scores + attention_mask
         probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)   # [B, Hkv, G, T]
         out = torch.bmm(probs.view(B * Hkv, G, T), value.reshape(B * Hkv, T, d))
         return out.view(B, 1, H, d), None
     # Prefill / scoring: boolean mask [B, 1, q, T], True = may attend; or no mask and no
     # cache (right-padded rows): plain causal attention, SDPA's fastest path.
+    T = key.shape[2]
+    if attention_mask is None and T != q:
+        # No mask but a cache in front: causal aligned to the end (SDPA's is_causal is not).
+        attention_mask = torch.ones(q, T, dtype=torch.bool, device=query.device).tril(T - q)
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                          is_causal=attention_mask is None, scale=scaling,
                                          enable_gqa=G > 1)

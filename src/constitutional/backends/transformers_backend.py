@@ -48,14 +48,15 @@ def pick_device(name: str) -> torch.device:
 
 def load_model_and_tokenizer(path: str, *, dtype: torch.dtype, device: torch.device,
                              trust_remote_code: bool = False, revision: str | None = None,
-                             name: str | None = None):
+                             name: str | None = None, model_class=None, **model_kw):
+    """A model (a causal LM unless `model_class` says otherwise) from safetensors only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = dict(trust_remote_code=trust_remote_code, revision=revision)
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
-                                                     **kw)
+        model = (model_class or AutoModelForCausalLM).from_pretrained(
+            path, dtype=dtype, use_safetensors=True, **kw, **model_kw)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"could not load model '{name or path}': {first}") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from constitutional.cli import basic, constitution_cmd, sl_cai  # noqa: F401  (registers commands)
+from constitutional.cli import basic, constitution_cmd, feedback, sl_cai  # noqa: F401 (commands)
 from constitutional.cli.common import app, err, state
 from constitutional.errors import InputError
 

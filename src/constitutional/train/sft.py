@@ -15,18 +15,17 @@ same config and data continues from the latest; the final folder appears by atom
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
 from pathlib import Path
 from typing import Callable, Literal
 
 from pydantic import Field
 
-from constitutional.artifacts import StageDir, StageResult, package_versions
+from constitutional.artifacts import StageResult
 from constitutional.config import ModelConfig, StrictModel
 from constitutional.errors import InputError
-from constitutional.jsonio import sha256_file, sha256_json, write_json_atomic, write_jsonl_atomic
+from constitutional.jsonio import sha256_file
+from constitutional.train.stage import (latest_checkpoint_exists, run_training_stage,
+                                        save_atomically)
 
 STAGE = "sl_model"
 
@@ -39,6 +38,14 @@ class LoraSettings(StrictModel):
                            "of the step time in bench/train.py.")
     target_modules: str | list[str] = Field("all-linear", description="Modules that get "
                                             "adapters ('all-linear' or a list of names).")
+
+    def wrap(self, model, task_type: str):
+        """The model with adapters (peft); task_type CAUSAL_LM, or SEQ_CLS (head trained too)."""
+        from peft import LoraConfig, get_peft_model
+
+        return get_peft_model(model, LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+            target_modules=self.target_modules, task_type=task_type))
 
 
 class SFTTrainConfig(StrictModel):
@@ -97,42 +104,20 @@ def run_sft(cfg: SFTTrainConfig, run_dir: str | Path,
     if not cfg.revisions:
         raise InputError("no revisions to train on: give `revisions` (a critique output)",
                          field="revisions")
-    stage = StageDir(run_dir, STAGE)
-    final = stage.path / "model"
     inputs = {"revisions": sha256_file(cfg.revisions)}
     if cfg.helpful:
         inputs["helpful"] = sha256_file(cfg.helpful)
-    fingerprint = sha256_json({"stage": STAGE, "config": cfg.model_dump(mode="json"),
-                               "inputs": inputs})
-    m = stage.manifest()
-    if m and m.get("fingerprint") == fingerprint and m.get("status") == "complete" and \
-            final.is_dir():
-        return StageResult(STAGE, final, m.get("rows", 0), 0.0, skipped=True)
-    if m and m.get("fingerprint") != fingerprint:
-        log(f"{STAGE}: config or data changed since the last run; training from scratch")
-        shutil.rmtree(stage.path)
-    rows = build_dataset(cfg)
-    stage.path.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(stage.path / "train.jsonl", rows)
-    manifest = {"stage": STAGE, "status": "running", "fingerprint": fingerprint,
-                "config": cfg.model_dump(mode="json"), "inputs": inputs, "rows": len(rows),
-                "versions": package_versions()}
-    stage.write_manifest(manifest)
-    t0 = time.time()
-    history = train(cfg, rows, stage.path / "checkpoints", final, log)
-    write_json_atomic(stage.path / "log_history.json", history)
-    manifest.update(status="complete", seconds=time.time() - t0, output="model",
-                    final_loss=next((h["train_loss"] for h in reversed(history)
-                                     if "train_loss" in h), None))
-    stage.write_manifest(manifest)
-    return StageResult(STAGE, final, len(rows), manifest["seconds"], skipped=False)
+    return run_training_stage(
+        STAGE, cfg.model_dump(mode="json"), inputs, lambda: build_dataset(cfg),
+        lambda rows, stage, final, lg: train(cfg, rows, stage / "checkpoints", final, lg),
+        run_dir, log)
 
 
 def train(cfg: SFTTrainConfig, rows: list[dict], checkpoints: Path, final: Path,
           log: Callable[[str], None] = print) -> list[dict]:
     """Fine-tune on prompt-completion rows; write the merged model to `final`."""
     trainer = make_trainer(cfg, rows, checkpoints)
-    resume = any(checkpoints.glob("checkpoint-*"))
+    resume = latest_checkpoint_exists(checkpoints)
     if resume:
         log(f"{STAGE}: resuming from the latest checkpoint in {checkpoints}")
     trainer.train(resume_from_checkpoint=resume or None)
@@ -219,12 +204,7 @@ def load_trainable(cfg: SFTTrainConfig, bf16: bool):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if cfg.lora:
-        from peft import LoraConfig, get_peft_model
-
-        s = cfg.lora_settings
-        model = get_peft_model(model, LoraConfig(
-            r=s.r, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=s.target_modules,
-            task_type="CAUSAL_LM"))
+        model = cfg.lora_settings.wrap(model, "CAUSAL_LM")
     return model, tok
 
 
@@ -232,10 +212,4 @@ def save_merged(model, tok, final: Path, lora: bool) -> None:
     """An ordinary HF folder: adapters merged, safetensors, tokenizer; lands by rename."""
     if lora:
         model = model.merge_and_unload()
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    (tmp / "cai_sft.json").write_text(json.dumps({"lora_merged": lora}))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    save_atomically(model, tok, final, {"stage": STAGE, "lora_merged": lora})

@@ -1,0 +1,1 @@
+"""Evaluations: feedback-model accuracy against human labels (more come with the report)."""

@@ -1,0 +1,100 @@
+"""Stage `pairs`: the policy (the SL-CAI model, or any model) answers each prompt twice.
+
+These pairs are what the feedback model labels. Two identical answers teach a preference
+model nothing, so a pair whose answers match (after normalizing whitespace and case) is
+resampled with fresh seeds up to `resample` times; if still identical, or if an answer is
+empty, the row is kept with `ok: false` and a flag, so the count is visible and nothing is
+silently dropped. The label stage skips rows that are not ok.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from pydantic import Field, model_validator
+
+from constitutional.artifacts import StageResult, StageDir, run_sharded
+from constitutional.backends.base import Sampling
+from constitutional.config import ModelConfig, SamplingConfig, StrictModel
+from constitutional.jsonio import sha256_file
+from constitutional.progress import progress_bar
+from constitutional.prompts_io import PromptRow, load_prompts
+from constitutional.stages.generate import conversation
+from constitutional.transcripts import DEFAULT_STOPS
+
+STAGE = "pairs"
+
+
+class PairsConfig(StrictModel):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy: "
+                               "normally the SL-CAI model (RUN/sl_model/model).")
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=1.0, max_tokens=128,
+                                               stop=list(DEFAULT_STOPS)),
+        description="Decoding; the paper samples the two answers at temperature 1.")
+    prompts: str = Field("bundled:redteam", description="Prompts to answer (JSONL).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    system_prompt: str | None = None
+    resample: int = Field(2, ge=0, description="Fresh tries for a pair whose two answers "
+                          "are identical, before it is flagged.")
+    chunk_size: int = Field(64, ge=1, description="Prompts per resumable shard.")
+    log_calls: bool = True
+
+    @model_validator(mode="after")
+    def _two_samples(self):
+        if self.sampling.n not in (1, 2):
+            raise ValueError("sampling.n: a pair is two answers; leave n at 2")
+        return self
+
+
+def same_answer(a: str, b: str) -> bool:
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
+def run_pairs(cfg: PairsConfig, run_dir: str | Path, get_backend: Callable[[], object],
+              log: Callable[[str], None] = print) -> StageResult:
+    path, rows = load_prompts(cfg.prompts, cfg.limit)
+    stage = StageDir(run_dir, STAGE)
+    stage_cfg = cfg.model_dump(exclude={"model": {"batch_size", "score_batch_tokens"},
+                                        "chunk_size": True, "log_calls": True, "limit": True})
+    backend = None
+    with progress_bar(STAGE, len(rows), unit="prompts") as adv:
+        def process(chunk: list[PromptRow]) -> list[dict]:
+            nonlocal backend
+            backend = backend or get_backend()
+            out = pairs_chunk(backend, chunk, cfg)
+            adv(len(chunk))
+            return out
+
+        return run_sharded(stage, config=stage_cfg, inputs={"prompts": sha256_file(path)},
+                           items=rows, chunk_size=cfg.chunk_size, process=process,
+                           on_resume=adv, log=log)
+
+
+def pairs_chunk(backend, chunk: list[PromptRow], cfg: PairsConfig) -> list[dict]:
+    base = Sampling.from_config(cfg.sampling)
+    convs = [conversation(r, cfg.system_prompt) for r in chunk]
+    first = backend.generate(convs, Sampling(**{**base.__dict__, "n": 2}))
+    answers = [[c[0], c[1]] for c in first]
+    tries = [0] * len(chunk)
+    for attempt in range(1, cfg.resample + 1):
+        todo = [i for i, (a, b) in enumerate(answers) if same_answer(a.text, b.text)]
+        if not todo:
+            break
+        # A different seed per attempt; the row's own stream keeps it independent of batching.
+        again = backend.generate([convs[i] for i in todo],
+                                 Sampling(**{**base.__dict__, "n": 1,
+                                             "seed": base.seed + 7919 * attempt}))
+        for i, c in zip(todo, again):
+            answers[i][1] = c[0]
+            tries[i] = attempt
+    out = []
+    for r, (a, b), t in zip(chunk, answers, tries):
+        flags = (["empty"] if not a.text.strip() or not b.text.strip() else []) + \
+            (["identical"] if same_answer(a.text, b.text) else [])
+        out.append({"id": r.id, "prompt": r.text, "messages": r.messages,
+                    "response_a": a.text.strip(), "response_b": b.text.strip(),
+                    "finish_reasons": [a.finish_reason, b.finish_reason], "resampled": t,
+                    "flags": flags, "ok": not flags})
+    return out

@@ -1,0 +1,109 @@
+"""Preference-model training data: AI labels, helpfulness comparisons, and PMP pairs.
+
+Every example is TRL's conversational preference shape plus the soft label:
+`{"prompt": [messages], "chosen": [assistant], "rejected": [assistant], "margin": p}` where p
+is the probability that `chosen` is the better answer. (TRL's preference collator carries one
+float per pair under `margin`; our trainer reads it as p, see train/pm.py.) Answers are
+oriented so that p >= 0.5, which makes "reward(chosen) > reward(rejected)" the accuracy.
+
+PMP (preference-model pretraining) data, one question per JSONL line:
+
+    {"question": "...", "answers": [{"text": "...", "votes": 12, "accepted": true}, ...]}
+
+Each answer scores round(log2(1 + min(votes, 100))) + (1 if accepted), or -1 when votes < 0;
+every two answers to one question with different scores make a hard pair (p = 1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import random
+from pathlib import Path
+
+from constitutional.comparisons import load_comparisons
+from constitutional.errors import InputError
+from constitutional.jsonio import read_jsonl
+
+VOTE_CAP = 100
+
+
+def example(conversation, a: str, b: str, p: float, source: str, source_id: str) -> dict:
+    if p < 0.5:
+        a, b, p = b, a, 1.0 - p
+    msgs = [{"role": r, "content": t} for r, t in conversation]
+    return {"prompt": msgs, "chosen": [{"role": "assistant", "content": a}],
+            "rejected": [{"role": "assistant", "content": b}], "margin": float(p),
+            "source": source, "source_id": source_id}
+
+
+def ai_label_examples(path: str | Path, min_confidence: float = 0.0) -> list[dict]:
+    """Rows of the labels stage; pairs whose |p - 0.5| < min_confidence are left out."""
+    out = []
+    for line, row in read_jsonl(path):
+        for key in ("conversation", "response_a", "response_b", "label"):
+            if key not in row:
+                raise InputError("not a labels row (run `cai label`)", path=str(path),
+                                 line=line, field=key)
+        if abs(row["label"] - 0.5) < min_confidence:
+            continue
+        out.append(example(row["conversation"], row["response_a"], row["response_b"],
+                           row["label"], "ai", row["id"]))
+    return out
+
+
+def human_examples(path: str | Path) -> list[dict]:
+    """Human-labelled comparisons (HHH or HH format): hard labels, p = 1."""
+    pairs, _ = load_comparisons(path)
+    return [example(c.conversation, c.a, c.b, 1.0 if c.better == 0 else 0.0, "human", c.id)
+            for c in pairs if c.better is not None]
+
+
+def pmp_score(votes: int, accepted: bool) -> int:
+    """The CAI paper's PMP score of an answer from its vote count."""
+    if votes < 0:
+        return -1
+    return round(math.log2(1 + min(votes, VOTE_CAP))) + (1 if accepted else 0)
+
+
+def pmp_examples(path: str | Path, max_pairs_per_question: int | None = None,
+                 seed: int = 0) -> list[dict]:
+    out = []
+    for line, row in read_jsonl(path):
+        q, answers = row.get("question"), row.get("answers")
+        if not isinstance(q, str) or not q.strip():
+            raise InputError("missing or empty", path=str(path), line=line, field="question")
+        if not isinstance(answers, list):
+            raise InputError("expected a list of {text, votes, accepted}", path=str(path),
+                             line=line, field="answers")
+        scored = []
+        for i, a in enumerate(answers):
+            if not isinstance(a, dict) or not isinstance(a.get("text"), str) or \
+                    not isinstance(a.get("votes"), int):
+                raise InputError("expected {text: str, votes: int, accepted: bool}",
+                                 path=str(path), line=line, field=f"answers[{i}]")
+            scored.append((pmp_score(a["votes"], bool(a.get("accepted"))), a["text"]))
+        pairs = [(x, y) for x, y in itertools.combinations(scored, 2) if x[0] != y[0]]
+        if max_pairs_per_question is not None and len(pairs) > max_pairs_per_question:
+            pairs = random.Random(f"{seed}\x00{line}").sample(pairs, max_pairs_per_question)
+        for k, (x, y) in enumerate(pairs):
+            good, bad = (x, y) if x[0] > y[0] else (y, x)
+            out.append(example([("user", q)], good[1], bad[1], 1.0, "pmp", f"line{line}#{k}"))
+    if not out:
+        raise InputError("no answer pairs with different scores", path=str(path))
+    return out
+
+
+def mix(ai: list[dict], helpful: list[dict], helpful_per_label: float, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    want = min(len(helpful), round(len(ai) * helpful_per_label))
+    rows = ai + (rng.sample(helpful, want) if want < len(helpful) else list(helpful))
+    rng.shuffle(rows)
+    return rows
+
+
+def held_out(row: dict, fraction: float, seed: int) -> bool:
+    """A fixed split by the row's id, so a resumed or repeated run holds out the same rows."""
+    h = hashlib.sha256(f"{seed}\x00{row['source']}\x00{row['source_id']}".encode()).digest()
+    return int.from_bytes(h[:4], "little") / 2**32 < fraction

@@ -1,0 +1,69 @@
+"""A training stage in a run folder: fingerprint, manifest, resume, final model by rename.
+
+Shared by SL-CAI fine-tuning and the preference model. The stage folder holds train.jsonl
+(the exact rows trained on), checkpoints/ (Trainer checkpoints: a restarted run with the same
+config and data continues from the latest), log_history.json, and model/ (an ordinary Hugging
+Face folder that appears by atomic rename, so its presence means the stage finished).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from constitutional.artifacts import StageDir, StageResult, package_versions
+from constitutional.jsonio import sha256_json, write_json_atomic, write_jsonl_atomic
+
+# train(rows, stage_dir, final_dir, log) -> the Trainer's log history
+TrainFn = Callable[[list[dict], Path, Path, Callable[[str], None]], list[dict]]
+
+
+def run_training_stage(name: str, config: dict, inputs: dict[str, str],
+                       build_rows: Callable[[], list[dict]], train: TrainFn,
+                       run_dir: str | Path, log: Callable[[str], None] = print,
+                       summarize: Callable[[list[dict]], dict] | None = None) -> StageResult:
+    stage = StageDir(run_dir, name)
+    final = stage.path / "model"
+    fingerprint = sha256_json({"stage": name, "config": config, "inputs": inputs})
+    m = stage.manifest()
+    if m and m.get("fingerprint") == fingerprint and m.get("status") == "complete" and \
+            final.is_dir():
+        return StageResult(name, final, m.get("rows", 0), 0.0, skipped=True)
+    if m and m.get("fingerprint") != fingerprint:
+        log(f"{name}: config or data changed since the last run; training from scratch")
+        shutil.rmtree(stage.path)
+    rows = build_rows()
+    stage.path.mkdir(parents=True, exist_ok=True)
+    write_jsonl_atomic(stage.path / "train.jsonl", rows)
+    manifest = {"stage": name, "status": "running", "fingerprint": fingerprint,
+                "config": config, "inputs": inputs, "rows": len(rows),
+                "versions": package_versions()}
+    stage.write_manifest(manifest)
+    t0 = time.time()
+    history = train(rows, stage.path, final, log)
+    write_json_atomic(stage.path / "log_history.json", history)
+    manifest.update(status="complete", seconds=time.time() - t0, output="model",
+                    final_loss=next((h["train_loss"] for h in reversed(history)
+                                     if "train_loss" in h), None),
+                    **(summarize(history) if summarize else {}))
+    stage.write_manifest(manifest)
+    return StageResult(name, final, len(rows), manifest["seconds"], skipped=False)
+
+
+def latest_checkpoint_exists(checkpoints: Path) -> bool:
+    return any(checkpoints.glob("checkpoint-*"))
+
+
+def save_atomically(model, tok, final: Path, note: dict) -> None:
+    """Save a model folder (safetensors + tokenizer) to `final` by rename."""
+    import json
+
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "cai_train.json").write_text(json.dumps(note))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
