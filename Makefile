@@ -24,15 +24,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cai models
 	$(BIN)/cai constitution validate bundled:harmless
-	# SL-CAI on the embedded model: critique -> revision on bundled red-team prompts, the
-	# helpfulness mix, export, a short LoRA fine-tune, then the SL-CAI model's answers.
-	$(BIN)/cai sl-cai --config configs/quickstart.yaml --out runs/quickstart
-	# RL-CAI's data: the SL-CAI model answers twice per prompt, the embedded model labels each
-	# pair from its option probabilities (8 choice principles x both orders), and a small
-	# preference model is trained on the soft labels.
-	$(BIN)/cai pairs --out runs/quickstart --limit 32 --max-tokens 64
-	$(BIN)/cai label --out runs/quickstart --show 3
-	$(BIN)/cai train-pm --out runs/quickstart --epochs 2
+	# The whole Constitutional AI pipeline on the embedded model (configs/quickstart.yaml):
+	# critique -> revision -> SL-CAI fine-tune; the SL-CAI model answers twice per prompt; the
+	# embedded model labels each pair from its option probabilities (8 choice principles x
+	# both orders); a preference model on the soft labels; PPO against it, with the held-out
+	# reward and KL printed at the end.
+	$(BIN)/cai run configs/quickstart.yaml --out runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

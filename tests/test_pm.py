@@ -159,3 +159,37 @@ def test_pm_lora_trains_adapters_and_the_head_then_saves_a_plain_model(tmp_path,
     assert changed and all("proj" in k for k in changed)             # adapted layers only
     conv = [{"role": "user", "content": "question 1"}]
     assert len(PreferenceModel(result.output).score([conv], ["kind reply 1"])) == 1
+
+
+def test_soft_dpo_loss_by_hand():
+    import torch
+
+    from constitutional.train.losses import soft_dpo_loss
+
+    # D = (-1 - -2) - (-3 - -2) = 2; beta 0.5 -> x = 1
+    args = [torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
+            torch.tensor([-2.0])]
+    got = soft_dpo_loss(*args, torch.tensor([0.7]), beta=0.5).item()
+    assert got == pytest.approx(-(0.7 * log_sigmoid(1) + 0.3 * log_sigmoid(-1)))
+    assert soft_dpo_loss(*args, torch.tensor([1.0]), beta=0.5).item() == \
+        pytest.approx(-log_sigmoid(1))                      # p = 1: plain DPO
+
+
+@pytest.mark.parametrize("mode", ["smooth", "drop"])
+def test_dpo_with_soft_labels_on_a_tiny_model(tmp_path, tiny_llama, mode):
+    from constitutional.artifacts import read_output  # noqa: F401
+    from constitutional.train.dpo import DPOTrainConfig, build_rows, run_dpo
+
+    labels = toy_labels(tmp_path / "labels.jsonl", n=32)
+    cfg = DPOTrainConfig(model={"name": str(tiny_llama)}, labels=str(labels), epochs=3,
+                         learning_rate=5e-3, batch_size=8, precision="fp32", beta=0.5,
+                         logging_steps=1, soft_labels=mode, min_confidence=0.35)
+    rows = build_rows(cfg, str(labels))
+    # min_confidence 0.35 keeps p >= 0.85; "drop" trains them as hard labels
+    assert rows and all(r["soft_label"] >= 0.85 for r in rows)
+    assert all(r["soft_label"] == 1.0 for r in rows) == (mode == "drop")
+    result = run_dpo(cfg, tmp_path / "run", log=lambda m: None)
+    hist = json.loads((tmp_path / "run/rl/log_history.json").read_text())
+    margins = [h["rewards/margins"] for h in hist if "rewards/margins" in h]
+    assert len(margins) >= 3 and margins[-1] > margins[0] and margins[-1] > 0
+    assert (result.output / "model.safetensors").is_file()

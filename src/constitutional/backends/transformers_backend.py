@@ -122,7 +122,9 @@ class TransformersBackend:
                 text = self.tokenizer.decode(res.tokens, skip_special_tokens=True)
                 text, stopped = cut_at_stop(text, sampling.stop)
                 reason = "stop" if stopped else res.finish_reason
-                results[(i, j)] = Completion(text, len(res.tokens), reason, len(encoded[i]))
+                # The sampled ids themselves: RL scores exactly these (decode -> encode can differ).
+                results[(i, j)] = Completion(text, len(res.tokens), reason, len(encoded[i]),
+                                             extra={"token_ids": res.tokens})
         return [[results[(i, j)] for j in range(sampling.n)] for i in range(len(prompts))]
 
     def _stop_checker(self, stop: Sequence[str]):

@@ -169,11 +169,13 @@ def sl_cai_cmd(
 ):
     """All of SL-CAI: critique -> revision, helpfulness mix, export, fine-tune, compare."""
     from constitutional.config import load_config
-    from constitutional.stages.sl_cai import SLCAIConfig, run_sl_cai, set_model
+    from constitutional.stages.pipeline import RecipeConfig
+    from constitutional.stages.sl_cai import run_sl_cai, set_model
 
     base = flags(critique__constitution=constitution, critique__prompts=prompts,
                  critique__model__backend="fake" if dry_run else None)
-    cfg = load_config(SLCAIConfig, config, overrides, base)
+    # A full recipe is accepted too (its RL sections are ignored here): see `cai run`.
+    cfg = load_config(RecipeConfig, config, overrides, base)
     if model:
         set_model(cfg, model)
     _check_inputs(cfg.critique)

@@ -25,8 +25,7 @@ from constitutional.jsonio import sha256_file
 from constitutional.train.pm_data import (ai_label_examples, held_out, human_examples, mix,
                                           pmp_examples)
 from constitutional.train.sft import LoraSettings, use_bf16
-from constitutional.train.stage import (latest_checkpoint_exists, run_training_stage,
-                                        save_atomically)
+from constitutional.train.stage import run_training_stage, train_and_save
 
 STAGE = "pm"
 
@@ -114,13 +113,8 @@ def eval_summary(history: list[dict]) -> dict:
 def fit(cfg: PMTrainConfig, train_rows: list[dict], eval_rows: list[dict], checkpoints: Path,
         final: Path, init: Path | None, log) -> list[dict]:
     trainer = make_trainer(cfg, train_rows, eval_rows, checkpoints, init)
-    resume = latest_checkpoint_exists(checkpoints)
-    if resume:
-        log(f"{STAGE}: resuming from the latest checkpoint in {checkpoints}")
-    trainer.train(resume_from_checkpoint=resume or None)
-    model = trainer.model.merge_and_unload() if cfg.lora else trainer.model
-    save_atomically(model, trainer.processing_class, final, {"stage": STAGE, "kind": "pm"})
-    return trainer.state.log_history
+    return train_and_save(trainer, checkpoints, final, cfg.lora, {"stage": STAGE, "kind": "pm"},
+                          log)
 
 
 def load_pm_base(cfg: PMTrainConfig, init: Path | None, bf16: bool):
@@ -131,6 +125,7 @@ def load_pm_base(cfg: PMTrainConfig, init: Path | None, bf16: bool):
     from constitutional.models import resolve_model
 
     path = str(init) if init else resolve_model(cfg.model.name).path
+    torch.manual_seed(cfg.seed)
     model, tok = load_model_and_tokenizer(
         path, dtype=torch.bfloat16 if (bf16 and cfg.lora) else torch.float32,
         device=pick_device(cfg.model.device), trust_remote_code=cfg.model.trust_remote_code,
@@ -140,6 +135,7 @@ def load_pm_base(cfg: PMTrainConfig, init: Path | None, bf16: bool):
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
     model.train()
+    torch.manual_seed(cfg.seed)          # the fresh score head (and adapters): reproducible
     if cfg.lora:
         model = cfg.lora_settings.wrap(model, "SEQ_CLS")
     return model, tok

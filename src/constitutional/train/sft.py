@@ -24,8 +24,7 @@ from constitutional.artifacts import StageResult
 from constitutional.config import ModelConfig, StrictModel
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file
-from constitutional.train.stage import (latest_checkpoint_exists, run_training_stage,
-                                        save_atomically)
+from constitutional.train.stage import run_training_stage, train_and_save
 
 STAGE = "sl_model"
 
@@ -116,13 +115,8 @@ def run_sft(cfg: SFTTrainConfig, run_dir: str | Path,
 def train(cfg: SFTTrainConfig, rows: list[dict], checkpoints: Path, final: Path,
           log: Callable[[str], None] = print) -> list[dict]:
     """Fine-tune on prompt-completion rows; write the merged model to `final`."""
-    trainer = make_trainer(cfg, rows, checkpoints)
-    resume = latest_checkpoint_exists(checkpoints)
-    if resume:
-        log(f"{STAGE}: resuming from the latest checkpoint in {checkpoints}")
-    trainer.train(resume_from_checkpoint=resume or None)
-    save_merged(trainer.model, trainer.processing_class, final, cfg.lora)
-    return trainer.state.log_history
+    return train_and_save(make_trainer(cfg, rows, checkpoints), checkpoints, final, cfg.lora,
+                          {"stage": STAGE}, log)
 
 
 def make_trainer(cfg: SFTTrainConfig, rows: list[dict], checkpoints: Path):
@@ -204,12 +198,8 @@ def load_trainable(cfg: SFTTrainConfig, bf16: bool):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if cfg.lora:
+        torch.manual_seed(cfg.seed)     # adapter init: the same run gives the same model
         model = cfg.lora_settings.wrap(model, "CAUSAL_LM")
     return model, tok
 
 
-def save_merged(model, tok, final: Path, lora: bool) -> None:
-    """An ordinary HF folder: adapters merged, safetensors, tokenizer; lands by rename."""
-    if lora:
-        model = model.merge_and_unload()
-    save_atomically(model, tok, final, {"stage": STAGE, "lora_merged": lora})

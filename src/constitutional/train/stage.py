@@ -52,8 +52,17 @@ def run_training_stage(name: str, config: dict, inputs: dict[str, str],
     return StageResult(name, final, len(rows), manifest["seconds"], skipped=False)
 
 
-def latest_checkpoint_exists(checkpoints: Path) -> bool:
-    return any(checkpoints.glob("checkpoint-*"))
+def train_and_save(trainer, checkpoints: Path, final: Path, lora: bool, note: dict,
+                   log: Callable[[str], None]) -> list[dict]:
+    """Run a TRL/Trainer trainer (from its latest checkpoint if there is one), merge LoRA
+    adapters, save the model to `final` by rename; return the log history."""
+    resume = any(checkpoints.glob("checkpoint-*"))
+    if resume:
+        log(f"{note.get('stage', 'train')}: resuming from the latest checkpoint in {checkpoints}")
+    trainer.train(resume_from_checkpoint=resume or None)
+    model = trainer.model.merge_and_unload() if lora else trainer.model
+    save_atomically(model, trainer.processing_class, final, {**note, "lora_merged": lora})
+    return trainer.state.log_history
 
 
 def save_atomically(model, tok, final: Path, note: dict) -> None:

@@ -1,0 +1,112 @@
+"""`cai run RECIPE`: the whole Constitutional AI pipeline, stage after stage, in one run folder.
+
+    sl-cai   critique -> revision, helpfulness mix, export, SFT -> sl_model/model
+    pairs    the SL-CAI model answers each RL prompt twice
+    label    the feedback model labels each pair (soft labels from option probabilities)
+    pm       the preference model on those labels
+    rl       PPO (the paper) or DPO from the SL-CAI model -> rl/model
+
+Each stage reads the previous one's artifact from the run folder and is itself resumable, so
+a killed run started again reuses every finished stage and resumes the one it was in. The
+policy of `pairs` and of `rl` is always this run's SL-CAI model; models are loaded by the
+stage that needs them and released before the next.
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import Field
+
+from constitutional.artifacts import StageResult
+from constitutional.config import StrictModel
+from constitutional.errors import InputError
+from constitutional.stages.label import LabelConfig
+from constitutional.stages.pairs import PairsConfig
+from constitutional.stages.sl_cai import SLCAIConfig
+from constitutional.train.dpo import DPOTrainConfig
+from constitutional.train.pm import PMTrainConfig
+from constitutional.train.ppo import PPOConfig
+
+STAGES = ["sl-cai", "pairs", "label", "pm", "rl"]
+
+
+class RLConfig(StrictModel):
+    method: Literal["ppo", "dpo"] = Field("ppo", description="ppo: against the preference "
+                                          "model, as the paper; dpo: on the labelled pairs "
+                                          "directly (no preference model needed).")
+    ppo: PPOConfig = Field(default_factory=PPOConfig)
+    dpo: DPOTrainConfig = Field(default_factory=DPOTrainConfig)
+
+
+class RecipeConfig(SLCAIConfig):
+    """A full recipe: SL-CAI's sections plus the RL-CAI stages."""
+    stages: list[Literal["sl-cai", "pairs", "label", "pm", "rl"]] = Field(
+        default_factory=lambda: list(STAGES), description="Stages this recipe runs, in order.")
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    label: LabelConfig = Field(default_factory=LabelConfig)
+    pm: PMTrainConfig = Field(default_factory=PMTrainConfig)
+    rl: RLConfig = Field(default_factory=RLConfig)
+
+
+def select(stages: list[str], start: str | None, until: str | None) -> list[str]:
+    for name in (start, until):
+        if name is not None and name not in stages:
+            raise InputError(f"unknown stage {name!r}; this recipe runs {', '.join(stages)}",
+                             field="--from" if name == start else "--until")
+    a = stages.index(start) if start else 0
+    b = stages.index(until) + 1 if until else len(stages)
+    if a >= b:
+        raise InputError(f"--from {start} comes after --until {until}")
+    return stages[a:b]
+
+
+def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
+               log: Callable[[str], None] = print, start: str | None = None,
+               until: str | None = None) -> list[StageResult]:
+    """`load_backend(model_cfg)` loads a generation/scoring backend for a stage."""
+    from constitutional.stages.label import run_label
+    from constitutional.stages.pairs import run_pairs
+    from constitutional.stages.sl_cai import run_sl_cai
+
+    run_dir = Path(run_dir)
+    sl_model = run_dir / "sl_model" / "model"
+    results: list[StageResult] = []
+    for name in select(cfg.stages, start, until):
+        if name != "sl-cai" and not sl_model.is_dir():
+            raise InputError("no SL-CAI model in this run yet: run the sl-cai stage first",
+                             path=str(sl_model))
+        if name == "sl-cai":
+            out = run_sl_cai(cfg, run_dir, load_backend, log)
+            results += [out[k] for k in ("critique", "helpful", "sl_model", "sl_answers")
+                        if k in out]
+        elif name == "pairs":
+            pairs = cfg.pairs.model_copy(deep=True)
+            pairs.model.name = str(sl_model)
+            results.append(run_pairs(pairs, run_dir, lambda: load_backend(pairs.model), log))
+        elif name == "label":
+            results.append(run_label(cfg.label, run_dir,
+                                     lambda: load_backend(cfg.label.model), log))
+        elif name == "pm":
+            from constitutional.train.pm import run_pm
+            results.append(run_pm(cfg.pm, run_dir, log))
+        elif name == "rl":
+            results.append(run_rl(cfg.rl, run_dir, str(sl_model), log))
+        gc.collect()                      # release the stage's models before the next
+    return results
+
+
+def run_rl(cfg: RLConfig, run_dir: Path, sl_model: str, log) -> StageResult:
+    if cfg.method == "ppo":
+        from constitutional.train.ppo import run_ppo
+
+        ppo = cfg.ppo.model_copy(deep=True)
+        ppo.policy.name = sl_model
+        return run_ppo(ppo, run_dir, log)
+    from constitutional.train.dpo import run_dpo
+
+    dpo = cfg.dpo.model_copy(deep=True)
+    dpo.model.name = sl_model
+    return run_dpo(dpo, run_dir, log)

@@ -1,0 +1,457 @@
+"""Stage `rl`: RL-CAI with PPO against the preference model, as the paper does it.
+
+Policy: the SL-CAI model (LoRA by default; the reference policy is then the same weights with
+the adapters switched off, so no second copy). Reward: the preference model's score of
+(prompt, answer) on the last token, minus kl_coef x the per-token KL to the reference (fixed
+or adaptive coefficient). Value model: initialized from the preference model (its backbone
+and score head, read at every token). Advantages by GAE, optionally whitened; the clipped
+surrogate and a clipped value loss, all pure functions in `losses.py`. Rollouts are generated
+through our batched engine on the policy's own weights.
+
+The run folder keeps log.jsonl (reward, KL, entropy, value loss, clip fraction, KL coefficient
+per step), eval.jsonl (the preference model's mean reward and the KL on held-out prompts that
+training never sees, before training, every `eval_every` steps and at the end), checkpoint.pt
+(resume: a killed run continues from the last checkpoint and ends with the same numbers) and
+model/ (the merged policy, an ordinary Hugging Face folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+from pydantic import Field
+
+from constitutional.artifacts import StageDir, StageResult, package_versions
+from constitutional.config import ModelConfig, StrictModel
+from constitutional.jsonio import sha256_file, sha256_json, write_atomic
+from constitutional.train.sft import LoraSettings, use_bf16
+from constitutional.train.stage import save_atomically
+
+STAGE = "rl"
+RewardFn = Callable[[Sequence[Sequence[dict]], Sequence[str]], list[float]]
+
+
+class PPOConfig(StrictModel):
+    policy: ModelConfig = Field(default_factory=ModelConfig, description="The starting "
+                                "policy: the SL-CAI model (`cai run` fills it in).")
+    reward_model: str | None = Field(None, description="Preference model folder (default: "
+                                     "RUN/pm/model). It also initializes the value model.")
+    prompts: str = Field("bundled:redteam", description="RL prompts (the paper: the SL "
+                         "prompts plus generated ones).")
+    limit: int | None = Field(None, ge=1)
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="Prompts held out from "
+                                 "training; the reward reported is measured on them.")
+    steps: int = Field(12, ge=1, description="PPO iterations (rollout batch + updates).")
+    batch_size: int = Field(8, ge=1, description="Rollouts per iteration.")
+    mini_batch_size: int = Field(4, ge=1)
+    ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
+    max_new_tokens: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    lora: bool = True
+    lora_settings: LoraSettings = Field(default_factory=LoraSettings)
+    learning_rate: float | None = Field(None, gt=0, description="Policy; None: 1e-4 LoRA, "
+                                        "1e-6 full.")
+    value_lora: bool = Field(True, description="Train the value model (initialized from the "
+                             "preference model) with LoRA adapters and its score head; false "
+                             "trains all its weights (the paper; 3-4x slower on a CPU).")
+    value_learning_rate: float | None = Field(None, gt=0, description="None: 1e-4 with "
+                                              "value_lora, 1e-5 full.")
+    kl_coef: float = Field(0.05, ge=0, description="Initial KL coefficient.")
+    adaptive_kl: bool = Field(False, description="Move kl_coef toward kl_target.")
+    kl_target: float = Field(6.0, gt=0, description="Target KL per sequence (nats).")
+    kl_horizon: int = Field(10000, ge=1)
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1)
+    clip: float = Field(0.2, gt=0)
+    value_clip: float | None = Field(0.2, gt=0)
+    vf_coef: float = Field(0.1, ge=0)
+    whiten_advantages: bool = True
+    normalize_rewards: bool = Field(False, description="Scale PM scores by the running "
+                                    "std of scores seen so far.")
+    max_grad_norm: float = 1.0
+    eval_every: int = Field(4, ge=1)
+    eval_temperature: float = Field(0.0, ge=0, description="Decoding of the held-out "
+                                    "answers (0: greedy, the least noisy comparison).")
+    save_every: int = Field(2, ge=1, description="Checkpoint every N iterations.")
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    report_to: list[str] = Field(default_factory=list, description="['tensorboard'] writes "
+                                 "RUN/rl/tensorboard too.")
+    seed: int = 0
+
+
+def split_prompts(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held out) by a hash of the prompt id: fixed across runs and resumes."""
+    def held(r) -> bool:
+        h = hashlib.sha256(f"{seed}\x00{r.id}".encode()).digest()
+        return int.from_bytes(h[:4], "little") / 2**32 < fraction
+    train = [r for r in rows if not held(r)]
+    evals = [r for r in rows if held(r)]
+    return train, evals
+
+
+@contextmanager
+def engine_attention(model):
+    """Generate through our KV engine, then give the training forward passes SDPA back."""
+    from constitutional.backends.kv_engine import ATTN_NAME
+
+    before = model.config._attn_implementation
+    model.config._attn_implementation = ATTN_NAME
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = before
+
+
+class PPOTrainer:
+    """One policy, its reference, a value model and a reward function; `step()` is one PPO
+    iteration. Kept apart from the run folder so tests can drive it with a toy reward."""
+
+    def __init__(self, cfg: PPOConfig, policy, tokenizer, value_model, reward_fn: RewardFn):
+        import torch
+
+        from constitutional.backends.transformers_backend import TransformersBackend
+        from constitutional.train.losses import AdaptiveKLController
+
+        self.cfg, self.policy, self.tok, self.value, self.reward_fn = \
+            cfg, policy, tokenizer, value_model, reward_fn
+        self.bf16 = use_bf16(cfg.precision)
+        with engine_attention(policy):
+            self.backend = TransformersBackend(policy, tokenizer, "policy",
+                                               batch_size=max(cfg.batch_size, 8))
+        self.ref = None
+        if not cfg.lora:
+            import copy
+            self.ref = copy.deepcopy(policy).eval().requires_grad_(False)
+        lr = cfg.learning_rate or (1e-4 if cfg.lora else 1e-6)
+        self.opt = torch.optim.AdamW([
+            {"params": [p for p in policy.parameters() if p.requires_grad], "lr": lr},
+            {"params": [p for p in value_model.parameters() if p.requires_grad],
+             "lr": cfg.value_learning_rate or (1e-4 if cfg.value_lora else 1e-5)}],
+            weight_decay=0.0)
+        self.kl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.score_stats = [0, 0.0, 0.0]          # n, mean, M2 (Welford) for normalization
+        self.step_no = 0
+
+    # -- rollouts -------------------------------------------------------------------------
+    def rollout(self, convs: list[list[dict]], seed: int, temperature: float | None = None):
+        from constitutional.backends.base import Sampling
+
+        self.policy.eval()
+        sampling = Sampling(n=1, temperature=self.cfg.temperature if temperature is None
+                            else temperature, top_p=self.cfg.top_p,
+                            max_tokens=self.cfg.max_new_tokens, seed=seed)
+        with engine_attention(self.policy):
+            outs = self.backend.generate(convs, sampling)
+        texts = [o[0].text for o in outs]
+        eos = self.tok.eos_token_id
+        queries = [self.backend.encode(c) for c in convs]
+        responses = []
+        for o in outs:
+            # The ids the engine sampled (no stop strings here, so "stop" means the end token).
+            ids = list(o[0].extra["token_ids"])
+            if o[0].finish_reason == "stop" and eos is not None:
+                ids = ids + [eos]                 # the episode ended on the end token
+            responses.append(ids or [eos])
+        return texts, self._batch(queries, responses)
+
+    def _batch(self, queries, responses) -> dict:
+        """[left-padded query | response | right padding]: response t sits at Q + t for all."""
+        import torch
+
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        Q, T = max(map(len, queries)), max(map(len, responses))
+        ids = torch.full((len(queries), Q + T), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, (q, r) in enumerate(zip(queries, responses)):
+            ids[i, Q - len(q):Q + len(r)] = torch.tensor(q + r)
+            attn[i, Q - len(q):Q + len(r)] = 1
+        mask = attn[:, Q:].float()                                          # [B, T]
+        return {"input_ids": ids, "attention_mask": attn, "mask": mask, "Q": Q,
+                "position_ids": (attn.cumsum(-1) - 1).clamp(min=0)}
+
+    # -- model reads ----------------------------------------------------------------------
+    def _autocast(self):
+        import torch
+        return torch.autocast("cpu" if self.policy.device.type == "cpu" else "cuda",
+                              dtype=torch.bfloat16, enabled=self.bf16)
+
+    def logprobs(self, model, b: dict, with_entropy: bool = False):
+        """log p of each response token [B, T] (and the policy's entropy per token)."""
+        import torch
+
+        Q, T = b["Q"], b["mask"].shape[1]
+        keep = torch.arange(Q - 1, Q - 1 + T)      # the LM head only where responses are read
+        with self._autocast():
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                           position_ids=b["position_ids"], logits_to_keep=keep,
+                           use_cache=False).logits
+        logits = logits.float()                                             # [B, T, V]
+        logp_all = torch.log_softmax(logits, -1)
+        logp = logp_all.gather(-1, b["input_ids"][:, Q:Q + T, None]).squeeze(-1)
+        if not with_entropy:
+            return logp
+        return logp, -(logp_all.exp() * logp_all).sum(-1)
+
+    def values(self, b: dict):
+        """The value model's estimate before each response token, [B, T]."""
+        Q, T = b["Q"], b["mask"].shape[1]
+        # The sequence-classification model itself (under its LoRA wrapper, if any): its
+        # backbone's hidden states go through the score head at every position.
+        vm = self.value.get_base_model() if hasattr(self.value, "get_base_model") else self.value
+        with self._autocast():
+            h = vm.base_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                              position_ids=b["position_ids"]).last_hidden_state
+            v = vm.score(h[:, Q - 1:Q - 1 + T]).squeeze(-1)
+        return v.float()
+
+    def ref_logprobs(self, b: dict):
+        if self.ref is not None:
+            return self.logprobs(self.ref, b)
+        with self.policy.disable_adapter():
+            return self.logprobs(self.policy, b)
+
+    def _normalize(self, scores):
+        n, mean, m2 = self.score_stats
+        for s in scores.tolist():                 # Welford's running variance
+            n += 1
+            d = s - mean
+            mean += d / n
+            m2 += d * (s - mean)
+        self.score_stats = [n, mean, m2]
+        std = (m2 / max(n - 1, 1)) ** 0.5 or 1.0
+        return scores / std
+
+    # -- one PPO iteration ----------------------------------------------------------------
+    def step(self, convs: list[list[dict]], seed: int) -> dict:
+        import torch
+
+        from constitutional.train import losses as L
+
+        cfg = self.cfg
+        texts, b = self.rollout(convs, seed)
+        mask = b["mask"]
+        with torch.no_grad():
+            old_logp, entropy = self.logprobs(self.policy, b, with_entropy=True)
+            ref_logp = self.ref_logprobs(b)
+            old_values = self.values(b)
+            raw = torch.tensor(self.reward_fn(convs, texts), dtype=torch.float32)
+            score = self._normalize(raw) if cfg.normalize_rewards else raw
+            kl = L.kl_penalty(old_logp, ref_logp, cfg.kl_estimator) * mask
+            rewards = L.token_rewards(score, kl, mask, self.kl.value)
+            adv, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                adv = L.whiten(adv, mask)
+        self.policy.train()
+        self.value.train()
+        gen = torch.Generator().manual_seed(seed)
+        stats = {"pg_loss": [], "value_loss": [], "clip_frac": []}
+        n = len(convs)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(n, generator=gen).tolist()
+            for s in range(0, n, cfg.mini_batch_size):
+                idx = torch.tensor(order[s:s + cfg.mini_batch_size])
+                mb = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in b.items()}
+                logp = self.logprobs(self.policy, mb)
+                pg, frac = L.clipped_policy_loss(logp, old_logp[idx], adv[idx], mask[idx],
+                                                 cfg.clip)
+                vl = L.value_loss(self.values(mb), old_values[idx], returns[idx], mask[idx],
+                                  cfg.value_clip)
+                loss = pg + cfg.vf_coef * vl
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                params = [p for g in self.opt.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.opt.step()
+                stats["pg_loss"].append(pg.item())
+                stats["value_loss"].append(vl.item())
+                stats["clip_frac"].append(frac.item())
+        seq_kl = kl.sum(1).mean().item()
+        coef = self.kl.value
+        if cfg.adaptive_kl:
+            self.kl.update(seq_kl, n)
+        self.step_no += 1
+        return {"step": self.step_no, "reward": raw.mean().item(), "kl": seq_kl,
+                "kl_coef": coef, "entropy": L.masked_mean(entropy, mask).item(),
+                "response_tokens": mask.sum(1).mean().item(),
+                **{k: sum(v) / len(v) for k, v in stats.items()}}
+
+    def evaluate(self, convs: list[list[dict]], seed: int) -> dict:
+        """Mean reward and KL to the reference on held-out prompts (fixed seed each time)."""
+        import torch
+
+        from constitutional.train import losses as L
+
+        texts, b = self.rollout(convs, seed, temperature=self.cfg.eval_temperature)
+        with torch.no_grad():
+            kl = (L.kl_penalty(self.logprobs(self.policy, b), self.ref_logprobs(b)) *
+                  b["mask"]).sum(1).mean().item()
+        scores = self.reward_fn(convs, texts)
+        return {"step": self.step_no, "reward": sum(scores) / len(scores), "kl": kl,
+                "samples": [{"prompt": c[-1]["content"], "answer": t, "reward": s}
+                            for c, t, s in list(zip(convs, texts, scores))[:3]]}
+
+    # -- resume ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        trainable = {k: v for k, v in self.policy.state_dict().items()
+                     if not self.cfg.lora or "lora_" in k}
+        return {"step": self.step_no, "policy": trainable, "value": self.value.state_dict(),
+                "opt": self.opt.state_dict(), "kl_coef": self.kl.value,
+                "score_stats": self.score_stats}
+
+    def load_state(self, st: dict) -> None:
+        self.policy.load_state_dict(st["policy"], strict=False)
+        self.value.load_state_dict(st["value"])
+        self.opt.load_state_dict(st["opt"])
+        self.kl.value, self.score_stats, self.step_no = st["kl_coef"], st["score_stats"], \
+            st["step"]
+
+
+def load_models(cfg: PPOConfig, pm_path: str):
+    """Policy (+ LoRA), tokenizer and a value model initialized from the preference model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from constitutional.backends.transformers_backend import load_model_and_tokenizer, pick_device
+    from constitutional.models import resolve_model
+
+    bf16 = use_bf16(cfg.precision)
+    device = pick_device(cfg.policy.device)
+    policy, tok = load_model_and_tokenizer(
+        resolve_model(cfg.policy.name).path, device=device,
+        dtype=torch.bfloat16 if (bf16 and cfg.lora) else torch.float32,
+        trust_remote_code=cfg.policy.trust_remote_code, revision=cfg.policy.revision,
+        name=cfg.policy.name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if cfg.lora:
+        policy = cfg.lora_settings.wrap(policy, "CAUSAL_LM")
+    value, _ = load_model_and_tokenizer(
+        pm_path, dtype=torch.bfloat16 if (bf16 and cfg.value_lora) else torch.float32,
+        device=device, model_class=AutoModelForSequenceClassification, name=pm_path)
+    if cfg.value_lora:
+        value = cfg.lora_settings.wrap(value, "SEQ_CLS")
+    return policy, tok, value
+
+
+def pm_reward(pm_path: str, device: str = "auto") -> RewardFn:
+    from constitutional.train.pm import PreferenceModel
+
+    pm = PreferenceModel(pm_path, device=device)
+    return lambda convs, texts: pm.score(convs, texts)
+
+
+def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = print,
+            reward_fn: RewardFn | None = None) -> StageResult:
+    import torch
+
+    from constitutional.prompts_io import load_prompts
+    from constitutional.stages.generate import conversation
+
+    pm_path = cfg.reward_model or str(Path(run_dir) / "pm" / "model")
+    ppath, rows = load_prompts(cfg.prompts, cfg.limit)
+    train_rows, eval_rows = split_prompts(rows, cfg.eval_fraction, cfg.seed)
+    stage = StageDir(run_dir, STAGE)
+    final = stage.path / "model"
+    inputs = {"prompts": sha256_file(ppath), "reward_model": _folder_hash(pm_path),
+              "policy": _folder_hash(cfg.policy.name)}
+    fingerprint = sha256_json({"stage": STAGE, "config": cfg.model_dump(mode="json"),
+                               "inputs": inputs})
+    m = stage.manifest()
+    if m and m.get("fingerprint") == fingerprint and m.get("status") == "complete" and \
+            final.is_dir():
+        return StageResult(STAGE, final, m.get("steps", 0), 0.0, skipped=True)
+    if m and m.get("fingerprint") != fingerprint:
+        log(f"{STAGE}: config or inputs changed since the last run; training from scratch")
+        stage.reset()
+    stage.path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    policy, tok, value = load_models(cfg, pm_path)
+    trainer = PPOTrainer(cfg, policy, tok, value, reward_fn or pm_reward(pm_path))
+    ckpt = stage.path / "checkpoint.pt"
+    if ckpt.is_file():
+        trainer.load_state(torch.load(ckpt, weights_only=False))
+        log(f"{STAGE}: resuming after iteration {trainer.step_no}")
+    logs = _read_log(stage.path / "log.jsonl", trainer.step_no)
+    evals = _read_log(stage.path / "eval.jsonl", trainer.step_no)
+    manifest = {"stage": STAGE, "status": "running", "fingerprint": fingerprint,
+                "config": cfg.model_dump(mode="json"), "inputs": inputs,
+                "train_prompts": len(train_rows), "eval_prompts": len(eval_rows),
+                "versions": package_versions()}
+    stage.write_manifest(manifest)
+    convs = [conversation(r, None) for r in train_rows]
+    held = [conversation(r, None) for r in eval_rows]
+    t0 = time.time()
+    if not evals:
+        evals.append(trainer.evaluate(held, cfg.seed + 1))
+        _write_log(stage.path / "eval.jsonl", evals)
+    while trainer.step_no < cfg.steps:
+        k = trainer.step_no
+        batch = [convs[(k * cfg.batch_size + i) % len(convs)] for i in range(cfg.batch_size)]
+        logs.append(trainer.step(batch, seed=_step_seed(cfg.seed, k)))
+        log(f"{STAGE} step {trainer.step_no}/{cfg.steps}: reward {logs[-1]['reward']:.3f} "
+            f"kl {logs[-1]['kl']:.3f}")
+        if trainer.step_no % cfg.eval_every == 0 or trainer.step_no == cfg.steps:
+            evals.append(trainer.evaluate(held, cfg.seed + 1))
+        if trainer.step_no % cfg.save_every == 0 or trainer.step_no == cfg.steps:
+            # logs first, then the checkpoint: a resume trims logs back to the checkpoint
+            _write_log(stage.path / "log.jsonl", logs)
+            _write_log(stage.path / "eval.jsonl", evals)
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save(trainer.state(), tmp)
+            tmp.replace(ckpt)
+    _tensorboard(cfg, stage.path, logs, evals)
+    model = trainer.policy.merge_and_unload() if cfg.lora else trainer.policy
+    save_atomically(model, tok, final, {"stage": STAGE, "kind": "ppo"})
+    manifest.update(status="complete", steps=cfg.steps, seconds=time.time() - t0,
+                    reward_before=evals[0]["reward"], reward_after=evals[-1]["reward"],
+                    kl_after=evals[-1]["kl"], output="model")
+    stage.write_manifest(manifest)
+    ckpt.unlink(missing_ok=True)
+    return StageResult(STAGE, final, cfg.steps, manifest["seconds"], skipped=False)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return random.Random(f"{seed}\x00{step}").getrandbits(62)
+
+
+def _folder_hash(path: str) -> str:
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".json"))
+        return sha256_json({f.name: sha256_file(f) for f in files})
+    return path                                    # a built-in name or hub id
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [r for r in rows if r["step"] <= upto]
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _tensorboard(cfg: PPOConfig, folder: Path, logs: list[dict], evals: list[dict]) -> None:
+    if "tensorboard" not in cfg.report_to:
+        return
+    from torch.utils.tensorboard import SummaryWriter   # needs the tensorboard package
+
+    w = SummaryWriter(str(folder / "tensorboard"))
+    for r in logs:
+        for k, v in r.items():
+            if k != "step" and isinstance(v, (int, float)):
+                w.add_scalar(f"train/{k}", v, r["step"])
+    for r in evals:
+        w.add_scalar("eval/reward", r["reward"], r["step"])
+        w.add_scalar("eval/kl", r["kl"], r["step"])
+    w.close()
