@@ -69,6 +69,15 @@ def test_from_and_until_and_bad_stage(tmp_path, tiny_llama):
     assert (tmp_path / "run/rl/model/config.json").is_file()        # DPO this time
     hist = json.loads((tmp_path / "run/rl/log_history.json").read_text())
     assert any("rewards/margins" in h for h in hist)
+    # one switch: GRPO with the preference model as reward replaces the DPO result
+    r = run_cai(args + ["--out", "run", "--from", "pm", "rl.method=grpo",
+                        "rl.grpo.max_steps=1", "rl.grpo.precision=fp32",
+                        "rl.grpo.max_completion_length=6", "rl.grpo.batch_size=4"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    hist = json.loads((tmp_path / "run/rl/log_history.json").read_text())
+    assert any(k.startswith("reward") for h in hist for k in h)
+    assert json.loads((tmp_path / "run/rl/manifest.json").read_text())["config"]["method"] \
+        == "grpo"
     bad = run_cai(args + ["--out", "run", "--from", "vibes"], tmp_path)
     assert bad.returncode == 2 and "unknown stage 'vibes'" in bad.stderr
     fresh = run_cai(args + ["--out", "other", "--from", "pm"], tmp_path)

@@ -102,3 +102,27 @@ def test_ppo_lora_reference_is_the_adapter_free_policy(tiny_llama):
     assert logs[0]["kl"] == pytest.approx(0.0, abs=1e-5)       # LoRA B starts at zero
     assert logs[-1]["kl"] != pytest.approx(0.0, abs=1e-4)
     assert logs[-1]["kl_coef"] != 0.1                            # adaptive controller moved
+
+
+def test_grpo_with_a_reward_function_runs_and_saves_a_model(tmp_path, tiny_llama):
+    import json
+
+    from constitutional.train.grpo import GRPOTrainConfig, run_grpo
+    from conftest import write_jsonl
+
+    write_jsonl(tmp_path / "p.jsonl", [{"id": f"p{i}", "prompt": f"say {i}"} for i in range(8)])
+    seen = []
+
+    def reward(prompts, completions, **_):
+        texts = [c[-1]["content"] for c in completions]
+        seen.append(len(texts))
+        return [t.count("e") / max(1, len(t)) for t in texts]
+
+    cfg = GRPOTrainConfig(model={"name": str(tiny_llama)}, prompts=str(tmp_path / "p.jsonl"),
+                          num_generations=4, batch_size=8, max_completion_length=8,
+                          max_steps=2, precision="fp32", learning_rate=1e-3)
+    result = run_grpo(cfg, tmp_path / "run", log=lambda m: None, reward_fn=reward)
+    assert (result.output / "model.safetensors").is_file()
+    assert seen and all(n % 4 == 0 for n in seen)              # groups of num_generations
+    hist = json.loads((tmp_path / "run/rl/log_history.json").read_text())
+    assert any(k.startswith("reward") for h in hist for k in h)

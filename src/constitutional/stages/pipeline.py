@@ -4,7 +4,7 @@
     pairs    the SL-CAI model answers each RL prompt twice
     label    the feedback model labels each pair (soft labels from option probabilities)
     pm       the preference model on those labels
-    rl       PPO (the paper) or DPO from the SL-CAI model -> rl/model
+    rl       PPO (the paper), DPO or GRPO from the SL-CAI model -> rl/model
 
 Each stage reads the previous one's artifact from the run folder and is itself resumable, so
 a killed run started again reuses every finished stage and resumes the one it was in. The
@@ -27,6 +27,7 @@ from constitutional.stages.label import LabelConfig
 from constitutional.stages.pairs import PairsConfig
 from constitutional.stages.sl_cai import SLCAIConfig
 from constitutional.train.dpo import DPOTrainConfig
+from constitutional.train.grpo import GRPOTrainConfig
 from constitutional.train.pm import PMTrainConfig
 from constitutional.train.ppo import PPOConfig
 
@@ -34,11 +35,13 @@ STAGES = ["sl-cai", "pairs", "label", "pm", "rl"]
 
 
 class RLConfig(StrictModel):
-    method: Literal["ppo", "dpo"] = Field("ppo", description="ppo: against the preference "
-                                          "model, as the paper; dpo: on the labelled pairs "
-                                          "directly (no preference model needed).")
+    method: Literal["ppo", "dpo", "grpo"] = Field(
+        "ppo", description="ppo: against the preference model, as the paper; dpo: on the "
+        "labelled pairs directly (no preference model needed); grpo: TRL's GRPO with the "
+        "preference model as reward.")
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     dpo: DPOTrainConfig = Field(default_factory=DPOTrainConfig)
+    grpo: GRPOTrainConfig = Field(default_factory=GRPOTrainConfig)
 
 
 class RecipeConfig(SLCAIConfig):
@@ -105,6 +108,12 @@ def run_rl(cfg: RLConfig, run_dir: Path, sl_model: str, log) -> StageResult:
         ppo = cfg.ppo.model_copy(deep=True)
         ppo.policy.name = sl_model
         return run_ppo(ppo, run_dir, log)
+    if cfg.method == "grpo":
+        from constitutional.train.grpo import run_grpo
+
+        grpo = cfg.grpo.model_copy(deep=True)
+        grpo.model.name = sl_model
+        return run_grpo(grpo, run_dir, log)
     from constitutional.train.dpo import run_dpo
 
     dpo = cfg.dpo.model_copy(deep=True)

@@ -1,0 +1,101 @@
+"""Stage `rl` with method grpo: TRL's GRPOTrainer with the preference model as reward.
+
+An alternative to PPO users ask for: no value model; each prompt gets `num_generations`
+answers and each answer's advantage is its preference-model score relative to the group's.
+TRL generates with transformers' `generate` here (or vLLM where TRL is set up for it), so on a
+CPU it is slower per sample than our PPO's rollouts; the point is the method, not the engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import Field
+
+from constitutional.artifacts import StageResult
+from constitutional.config import ModelConfig, StrictModel
+from constitutional.jsonio import sha256_file
+from constitutional.train.sft import LoraSettings, load_trainable, use_bf16
+from constitutional.train.stage import run_training_stage, train_and_save
+
+STAGE = "rl"
+RewardFn = Callable[[list, list], list[float]]
+
+
+class GRPOTrainConfig(StrictModel):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy (the "
+                               "SL-CAI model; `cai run` fills it in).")
+    reward_model: str | None = Field(None, description="Preference model (default: "
+                                     "RUN/pm/model).")
+    prompts: str = "bundled:redteam"
+    limit: int | None = Field(None, ge=1)
+    num_generations: int = Field(4, ge=2, description="Answers per prompt (the group).")
+    max_completion_length: int = Field(48, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference policy.")
+    lora: bool = True
+    lora_settings: LoraSettings = Field(default_factory=LoraSettings)
+    learning_rate: float | None = Field(None, gt=0, description="None: 1e-4 LoRA, 1e-6 full.")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1
+    batch_size: int = Field(8, ge=1, description="Answers per device step (a multiple of "
+                            "num_generations).")
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    save_steps: int = Field(50, ge=1)
+    logging_steps: int = Field(1, ge=1)
+    seed: int = 0
+
+
+def run_grpo(cfg: GRPOTrainConfig, run_dir: str | Path, log: Callable[[str], None] = print,
+             reward_fn: RewardFn | None = None) -> StageResult:
+    from constitutional.prompts_io import load_prompts
+    from constitutional.train.ppo import _folder_hash
+
+    pm_path = cfg.reward_model or str(Path(run_dir) / "pm" / "model")
+    ppath, rows = load_prompts(cfg.prompts, cfg.limit)
+    inputs = {"prompts": sha256_file(ppath), "reward_model": _folder_hash(pm_path)}
+
+    def train(data, stage: Path, final: Path, lg) -> list[dict]:
+        fn = reward_fn or pm_reward_for_grpo(pm_path)
+        trainer = make_trainer(cfg, data, stage / "checkpoints", fn)
+        return train_and_save(trainer, stage / "checkpoints", final, cfg.lora,
+                              {"stage": STAGE, "kind": "grpo"}, lg)
+
+    return run_training_stage(STAGE, {"method": "grpo", **cfg.model_dump(mode="json")},
+                              inputs, lambda: [{"prompt": r.messages, "id": r.id}
+                                               for r in rows], train, run_dir, log)
+
+
+def pm_reward_for_grpo(pm_path: str) -> RewardFn:
+    from constitutional.train.pm import PreferenceModel
+
+    pm = PreferenceModel(pm_path)
+
+    def preference_model(prompts, completions, **_):
+        answers = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return pm.score(prompts, answers)
+    return preference_model
+
+
+def make_trainer(cfg: GRPOTrainConfig, rows: list[dict], checkpoints: Path, reward_fn):
+    import datasets
+    import torch
+    from trl import GRPOConfig, GRPOTrainer
+
+    datasets.disable_progress_bars()
+    bf16 = use_bf16(cfg.precision)
+    model, tok = load_trainable(cfg, bf16)
+    tok.padding_side = "left"                  # generation
+    args = GRPOConfig(
+        output_dir=str(checkpoints), per_device_train_batch_size=cfg.batch_size,
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, beta=cfg.beta,
+        learning_rate=cfg.learning_rate or (1e-4 if cfg.lora else 1e-6),
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, bf16=bf16,
+        use_cpu=not torch.cuda.is_available(), activation_checkpointing=False,
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
+        seed=cfg.seed, report_to=[])
+    data = datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
+    return GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=data,
+                       processing_class=tok)
