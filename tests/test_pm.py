@@ -177,7 +177,6 @@ def test_soft_dpo_loss_by_hand():
 
 @pytest.mark.parametrize("mode", ["smooth", "drop"])
 def test_dpo_with_soft_labels_on_a_tiny_model(tmp_path, tiny_llama, mode):
-    from constitutional.artifacts import read_output  # noqa: F401
     from constitutional.train.dpo import DPOTrainConfig, build_rows, run_dpo
 
     labels = toy_labels(tmp_path / "labels.jsonl", n=32)

@@ -128,6 +128,29 @@ def run_sharded(stage: StageDir, *, config: dict[str, Any], inputs: dict[str, st
     return StageResult(stage.name, stage.output, n, manifest["seconds"], skipped=False)
 
 
+def run_model_stage(stage: StageDir, *, config: dict[str, Any], inputs: dict[str, str],
+                    items: Sequence[Any], chunk_size: int, get_backend: Callable[[], Any],
+                    work: Callable[[Any, Sequence[Any], Callable[[int], None]], list[dict]],
+                    total: int, unit: str, per_item: int = 1,
+                    log: Callable[[str], None] = print) -> StageResult:
+    """`run_sharded` for a stage that calls a model: the backend is loaded on the first chunk
+    that needs work (a finished stage loads no model), and a progress bar counts `total`
+    units; `work(backend, chunk, advance)` advances it, and resumed chunks count `per_item`
+    units per item."""
+    from constitutional.progress import progress_bar
+
+    backend = None
+    with progress_bar(stage.name, total, unit=unit) as advance:
+        def process(chunk: Sequence[Any]) -> list[dict]:
+            nonlocal backend
+            backend = backend or get_backend()
+            return work(backend, chunk, advance)
+
+        return run_sharded(stage, config=config, inputs=inputs, items=items,
+                           chunk_size=chunk_size, process=process,
+                           on_resume=lambda n: advance(n * per_item), log=log)
+
+
 def _shard(stage: StageDir, k: int) -> Path:
     return stage.shards / f"{k:05d}.jsonl"
 

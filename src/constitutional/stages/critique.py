@@ -25,12 +25,11 @@ from typing import Callable, Literal
 
 from pydantic import Field, model_validator
 
-from constitutional.artifacts import StageDir, StageResult, run_sharded
+from constitutional.artifacts import StageDir, StageResult, run_model_stage
 from constitutional.backends.base import Sampling
 from constitutional.config import ModelConfig, SamplingConfig, StrictModel
 from constitutional.constitution import Constitution, draw_principles, load_constitution
 from constitutional.jsonio import sha256_file
-from constitutional.progress import progress_bar
 from constitutional.prompts_io import PromptRow, load_prompts
 from constitutional.transcripts import (DEFAULT_STOPS, Turn, clean_reply,
                                         exemplar_turns, from_messages, render)
@@ -101,18 +100,15 @@ def run_critique(cfg: CritiqueConfig, run_dir: str | Path, get_backend: Callable
     stage = StageDir(run_dir, STAGE)
     stage_cfg = cfg.model_dump(exclude={"model": {"batch_size", "score_batch_tokens"},
                                         "chunk_size": True, "log_calls": True, "limit": True})
-    backend = None
-    with progress_bar(STAGE, len(rows) * cfg.samples * steps_per_chain, unit="steps") as adv:
-        def process(chunk: list[PromptRow]) -> list[dict]:
-            nonlocal backend
-            backend = backend or get_backend()
-            return critique_chunk(backend, chunk, constitution, shots, cfg, adv)
+    def work(backend, chunk: list[PromptRow], advance) -> list[dict]:
+        return critique_chunk(backend, chunk, constitution, shots, cfg, advance)
 
-        return run_sharded(stage, config=stage_cfg,
+    return run_model_stage(stage, config=stage_cfg,
                            inputs={"prompts": sha256_file(ppath),
                                    "constitution": constitution.fingerprint()},
-                           items=rows, chunk_size=cfg.chunk_size, process=process,
-                           on_resume=lambda n: adv(n * cfg.samples * steps_per_chain), log=log)
+                           items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend,
+                           work=work, total=len(rows) * cfg.samples * steps_per_chain,
+                           unit="steps", per_item=cfg.samples * steps_per_chain, log=log)
 
 
 def _shots(constitution: Constitution, cfg: CritiqueConfig) -> list[list[Turn]]:

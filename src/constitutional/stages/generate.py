@@ -9,11 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from constitutional.artifacts import StageDir, StageResult, run_sharded
+from constitutional.artifacts import StageDir, StageResult, run_model_stage
 from constitutional.backends.base import Sampling
 from constitutional.config import GenerateConfig
 from constitutional.jsonio import sha256_file
-from constitutional.progress import progress_bar
 from constitutional.prompts_io import PromptRow, load_prompts
 
 STAGE = "generate"
@@ -36,20 +35,16 @@ def run_generate(cfg: GenerateConfig, run_dir: str | Path, get_backend: Callable
     stage = StageDir(run_dir, stage_name)
     stage_cfg = {"model": cfg.model.model_dump(exclude={"batch_size", "score_batch_tokens"}),
                  "sampling": cfg.sampling.model_dump(), "system_prompt": cfg.system_prompt}
-    backend = None
-    total = len(rows) * sampling.n
-    with progress_bar(stage_name, total, unit="completions") as advance:
-        def process(chunk: list[PromptRow]) -> list[dict]:
-            nonlocal backend
-            backend = backend or get_backend()
-            outs = backend.generate([conversation(r, cfg.system_prompt) for r in chunk],
-                                    sampling, progress=advance)
-            return [{"id": r.id, "prompt": r.text, "messages": r.messages, "sample": j,
-                     "completion": c.text,
-                     "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                     "completion_tokens": c.tokens}
-                    for r, cs in zip(chunk, outs) for j, c in enumerate(cs)]
 
-        return run_sharded(stage, config=stage_cfg, inputs={"prompts": sha256_file(path)},
-                           items=rows, chunk_size=cfg.chunk_size, process=process,
-                           on_resume=lambda n: advance(n * sampling.n), log=log)
+    def work(backend, chunk: list[PromptRow], advance) -> list[dict]:
+        outs = backend.generate([conversation(r, cfg.system_prompt) for r in chunk],
+                                sampling, progress=advance)
+        return [{"id": r.id, "prompt": r.text, "messages": r.messages, "sample": j,
+                 "completion": c.text, "finish_reason": c.finish_reason,
+                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.tokens}
+                for r, cs in zip(chunk, outs) for j, c in enumerate(cs)]
+
+    return run_model_stage(stage, config=stage_cfg, inputs={"prompts": sha256_file(path)},
+                           items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend,
+                           work=work, total=len(rows) * sampling.n, unit="completions",
+                           per_item=sampling.n, log=log)

@@ -21,7 +21,7 @@ from typing import Callable, Literal
 
 from pydantic import Field, field_validator
 
-from constitutional.artifacts import StageDir, StageResult, run_sharded
+from constitutional.artifacts import StageDir, StageResult, run_model_stage
 from constitutional.backends.base import Sampling
 from constitutional.comparisons import Comparison, load_comparisons
 from constitutional.config import ModelConfig, SamplingConfig, StrictModel
@@ -29,7 +29,6 @@ from constitutional.constitution import Constitution, draw_principles, load_cons
 from constitutional.feedback import (Question, build_prompt, clamp, normalize, option_texts,
                                      orders_disagree, soft_label)
 from constitutional.jsonio import sha256_file
-from constitutional.progress import progress_bar
 
 STAGE = "labels"
 CONTENT_FREE = "N/A"
@@ -92,20 +91,16 @@ def run_label(cfg: LabelConfig, run_dir: str | Path, get_backend: Callable[[], o
     stage = StageDir(run_dir, STAGE)
     stage_cfg = cfg.model_dump(exclude={"model": {"batch_size", "score_batch_tokens"},
                                         "chunk_size": True, "log_calls": True, "pairs": True})
-    backend = None
-    with progress_bar(STAGE, len(pairs), unit="pairs") as adv:
-        def process(chunk: list[Comparison]) -> list[dict]:
-            nonlocal backend
-            backend = backend or get_backend()
-            out = labeler.label(backend, chunk)
-            adv(len(chunk))
-            return out
+    def work(backend, chunk: list[Comparison], advance) -> list[dict]:
+        out = labeler.label(backend, chunk)
+        advance(len(chunk))
+        return out
 
-        return run_sharded(stage, config=stage_cfg,
+    return run_model_stage(stage, config=stage_cfg,
                            inputs={"pairs": sha256_file(pairs_path),
                                    "constitution": constitution.fingerprint()},
-                           items=pairs, chunk_size=cfg.chunk_size, process=process,
-                           on_resume=adv, log=log)
+                           items=pairs, chunk_size=cfg.chunk_size, get_backend=get_backend,
+                           work=work, total=len(pairs), unit="pairs", log=log)
 
 
 class Labeler:

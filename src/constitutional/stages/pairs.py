@@ -14,11 +14,10 @@ from typing import Callable
 
 from pydantic import Field, model_validator
 
-from constitutional.artifacts import StageResult, StageDir, run_sharded
+from constitutional.artifacts import StageDir, StageResult, run_model_stage
 from constitutional.backends.base import Sampling
 from constitutional.config import ModelConfig, SamplingConfig, StrictModel
 from constitutional.jsonio import sha256_file
-from constitutional.progress import progress_bar
 from constitutional.prompts_io import PromptRow, load_prompts
 from constitutional.stages.generate import conversation
 from constitutional.transcripts import DEFAULT_STOPS
@@ -58,18 +57,14 @@ def run_pairs(cfg: PairsConfig, run_dir: str | Path, get_backend: Callable[[], o
     stage = StageDir(run_dir, STAGE)
     stage_cfg = cfg.model_dump(exclude={"model": {"batch_size", "score_batch_tokens"},
                                         "chunk_size": True, "log_calls": True, "limit": True})
-    backend = None
-    with progress_bar(STAGE, len(rows), unit="prompts") as adv:
-        def process(chunk: list[PromptRow]) -> list[dict]:
-            nonlocal backend
-            backend = backend or get_backend()
-            out = pairs_chunk(backend, chunk, cfg)
-            adv(len(chunk))
-            return out
+    def work(backend, chunk: list[PromptRow], advance) -> list[dict]:
+        out = pairs_chunk(backend, chunk, cfg)
+        advance(len(chunk))
+        return out
 
-        return run_sharded(stage, config=stage_cfg, inputs={"prompts": sha256_file(path)},
-                           items=rows, chunk_size=cfg.chunk_size, process=process,
-                           on_resume=adv, log=log)
+    return run_model_stage(stage, config=stage_cfg, inputs={"prompts": sha256_file(path)},
+                           items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend,
+                           work=work, total=len(rows), unit="prompts", log=log)
 
 
 def pairs_chunk(backend, chunk: list[PromptRow], cfg: PairsConfig) -> list[dict]:
