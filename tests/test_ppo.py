@@ -126,3 +126,23 @@ def test_grpo_with_a_reward_function_runs_and_saves_a_model(tmp_path, tiny_llama
     assert seen and all(n % 4 == 0 for n in seen)              # groups of num_generations
     hist = json.loads((tmp_path / "run/rl/log_history.json").read_text())
     assert any(k.startswith("reward") for h in hist for k in h)
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import builtins
+
+    from constitutional.errors import InputError
+    from constitutional.train.ppo import PPOConfig, _tensorboard
+
+    assert _tensorboard(PPOConfig(), tmp_path)({"step": 1, "reward": 1.0}, "train") is None
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *a, **kw):
+        if name.startswith("torch.utils.tensorboard") or name == "tensorboard":
+            raise ImportError(name)
+        return real_import(name, *a, **kw)
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(InputError, match="report_to: tensorboard needs the tensorboard"):
+        _tensorboard(PPOConfig(report_to=["tensorboard"]), tmp_path)
+    with pytest.raises(Exception, match="report_to"):
+        PPOConfig(report_to=["wandb"])

@@ -29,6 +29,7 @@ from pydantic import Field
 
 from constitutional.artifacts import StageDir, StageResult, package_versions
 from constitutional.config import ModelConfig, StrictModel
+from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file, sha256_json, write_atomic
 from constitutional.train.sft import LoraSettings, use_bf16
 from constitutional.train.stage import save_atomically
@@ -82,8 +83,9 @@ class PPOConfig(StrictModel):
                                     "answers (0: greedy, the least noisy comparison).")
     save_every: int = Field(2, ge=1, description="Checkpoint every N iterations.")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    report_to: list[str] = Field(default_factory=list, description="['tensorboard'] writes "
-                                 "RUN/rl/tensorboard too.")
+    report_to: list[Literal["tensorboard"]] = Field(
+        default_factory=list, description="['tensorboard'] also writes every iteration's "
+        "figures to RUN/rl/tensorboard (needs the tensorboard package).")
     seed: int = 0
 
 
@@ -372,6 +374,7 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
         log(f"{STAGE}: config or inputs changed since the last run; training from scratch")
         stage.reset()
     stage.path.mkdir(parents=True, exist_ok=True)
+    board = _tensorboard(cfg, stage.path)          # fails fast if the package is missing
     torch.manual_seed(cfg.seed)
     policy, tok, value = load_models(cfg, pm_path)
     trainer = PPOTrainer(cfg, policy, tok, value, reward_fn or pm_reward(pm_path))
@@ -396,10 +399,12 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
         k = trainer.step_no
         batch = [convs[(k * cfg.batch_size + i) % len(convs)] for i in range(cfg.batch_size)]
         logs.append(trainer.step(batch, seed=_step_seed(cfg.seed, k)))
+        board(logs[-1], "train")
         log(f"{STAGE} step {trainer.step_no}/{cfg.steps}: reward {logs[-1]['reward']:.3f} "
             f"kl {logs[-1]['kl']:.3f}")
         if trainer.step_no % cfg.eval_every == 0 or trainer.step_no == cfg.steps:
             evals.append(trainer.evaluate(held, cfg.seed + 1))
+            board(evals[-1], "eval")
         if trainer.step_no % cfg.save_every == 0 or trainer.step_no == cfg.steps:
             # logs first, then the checkpoint: a resume trims logs back to the checkpoint
             _write_log(stage.path / "log.jsonl", logs)
@@ -407,7 +412,6 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
             tmp = ckpt.with_suffix(".tmp")
             torch.save(trainer.state(), tmp)
             tmp.replace(ckpt)
-    _tensorboard(cfg, stage.path, logs, evals)
     model = trainer.policy.merge_and_unload() if cfg.lora else trainer.policy
     save_atomically(model, tok, final, {"stage": STAGE, "kind": "ppo"})
     manifest.update(status="complete", steps=cfg.steps, seconds=time.time() - t0,
@@ -441,17 +445,20 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _tensorboard(cfg: PPOConfig, folder: Path, logs: list[dict], evals: list[dict]) -> None:
+def _tensorboard(cfg: PPOConfig, folder: Path) -> Callable[[dict, str], None]:
+    """A function that writes one row's numbers as TensorBoard scalars (or does nothing)."""
     if "tensorboard" not in cfg.report_to:
-        return
-    from torch.utils.tensorboard import SummaryWriter   # needs the tensorboard package
+        return lambda row, group: None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InputError("report_to: tensorboard needs the tensorboard package "
+                         "(pip install tensorboard)", field="report_to") from None
+    writer = SummaryWriter(str(folder / "tensorboard"))
 
-    w = SummaryWriter(str(folder / "tensorboard"))
-    for r in logs:
-        for k, v in r.items():
+    def write(row: dict, group: str) -> None:
+        for k, v in row.items():
             if k != "step" and isinstance(v, (int, float)):
-                w.add_scalar(f"train/{k}", v, r["step"])
-    for r in evals:
-        w.add_scalar("eval/reward", r["reward"], r["step"])
-        w.add_scalar("eval/kl", r["kl"], r["step"])
-    w.close()
+                writer.add_scalar(f"{group}/{k}", v, row["step"])
+        writer.flush()
+    return write
