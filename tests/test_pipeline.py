@@ -56,6 +56,14 @@ def test_cai_run_every_stage_then_reuses_them(tmp_path, tiny_llama):
     assert "held-out" in r.stdout and "rl/model" in r.stdout
     again = run_cai(args + ["--out", "run"], tmp_path)
     assert again.returncode == 0 and again.stdout.count("reused") >= 6
+    # a retrained SL-CAI model (same path, new weights) invalidates what was made with it
+    before = json.loads((tmp_path / "run/rl/manifest.json").read_text())["inputs"]["policy"]
+    r = run_cai(args + ["--out", "run", "sft.epochs=2"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    for stage in ("sl_answers", "pairs", "rl"):
+        assert f"{stage}: config or inputs changed" in r.stderr, stage
+    after = json.loads((tmp_path / "run/rl/manifest.json").read_text())["inputs"]["policy"]
+    assert after != before
 
 
 def test_from_and_until_and_bad_stage(tmp_path, tiny_llama):

@@ -175,14 +175,15 @@ def test_soft_dpo_loss_by_hand():
         pytest.approx(-log_sigmoid(1))                      # p = 1: plain DPO
 
 
-@pytest.mark.parametrize("mode", ["smooth", "drop"])
-def test_dpo_with_soft_labels_on_a_tiny_model(tmp_path, tiny_llama, mode):
+@pytest.mark.parametrize("mode,lora", [("smooth", True), ("drop", True), ("smooth", False)])
+def test_dpo_with_soft_labels_on_a_tiny_model(tmp_path, tiny_llama, mode, lora):
     from constitutional.train.dpo import DPOTrainConfig, build_rows, run_dpo
 
     labels = toy_labels(tmp_path / "labels.jsonl", n=32)
     cfg = DPOTrainConfig(model={"name": str(tiny_llama)}, labels=str(labels), epochs=3,
-                         learning_rate=5e-3, batch_size=8, precision="fp32", beta=0.5,
-                         logging_steps=1, soft_labels=mode, min_confidence=0.35)
+                         learning_rate=5e-3 if lora else 1e-3, batch_size=8, precision="fp32",
+                         beta=0.5,
+                         logging_steps=1, soft_labels=mode, min_confidence=0.35, lora=lora)
     rows = build_rows(cfg, str(labels))
     # min_confidence 0.35 keeps p >= 0.85; "drop" trains them as hard labels
     assert rows and all(r["soft_label"] >= 0.85 for r in rows)

@@ -128,6 +128,17 @@ def run_sharded(stage: StageDir, *, config: dict[str, Any], inputs: dict[str, st
     return StageResult(stage.name, stage.output, n, manifest["seconds"], skipped=False)
 
 
+def model_identity(name: str) -> str:
+    """What a stage's fingerprint records for a model: the content hash of a local folder's
+    weights and configs (so a retrained model at the same path invalidates what was made with
+    the old one), or the name itself for a built-in name or hub id."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".json"))
+        return sha256_json({f.name: sha256_file(f) for f in files})
+    return name
+
+
 def run_model_stage(stage: StageDir, *, config: dict[str, Any], inputs: dict[str, str],
                     items: Sequence[Any], chunk_size: int, get_backend: Callable[[], Any],
                     work: Callable[[Any, Sequence[Any], Callable[[int], None]], list[dict]],

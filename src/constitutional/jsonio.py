@@ -77,5 +77,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def seeded_fraction(seed: int, *parts: str) -> float:
+    """A fixed number in [0, 1) for (seed, parts): splits that do not move across runs,
+    batching or resume."""
+    h = hashlib.sha256("\x00".join([str(seed), *parts]).encode()).digest()
+    return int.from_bytes(h[:4], "little") / 2**32
+
+
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

@@ -25,7 +25,7 @@ from typing import Callable, Literal
 
 from pydantic import Field, model_validator
 
-from constitutional.artifacts import StageDir, StageResult, run_model_stage
+from constitutional.artifacts import StageDir, StageResult, model_identity, run_model_stage
 from constitutional.backends.base import Sampling
 from constitutional.config import ModelConfig, SamplingConfig, StrictModel
 from constitutional.constitution import Constitution, draw_principles, load_constitution
@@ -105,6 +105,7 @@ def run_critique(cfg: CritiqueConfig, run_dir: str | Path, get_backend: Callable
 
     return run_model_stage(stage, config=stage_cfg,
                            inputs={"prompts": sha256_file(ppath),
+                                   "model": model_identity(cfg.model.name),
                                    "constitution": constitution.fingerprint()},
                            items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend,
                            work=work, total=len(rows) * cfg.samples * steps_per_chain,

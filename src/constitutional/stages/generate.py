@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from constitutional.artifacts import StageDir, StageResult, run_model_stage
+from constitutional.artifacts import StageDir, StageResult, model_identity, run_model_stage
 from constitutional.backends.base import Sampling
 from constitutional.config import GenerateConfig
 from constitutional.jsonio import sha256_file
@@ -44,7 +44,8 @@ def run_generate(cfg: GenerateConfig, run_dir: str | Path, get_backend: Callable
                  "prompt_tokens": c.prompt_tokens, "completion_tokens": c.tokens}
                 for r, cs in zip(chunk, outs) for j, c in enumerate(cs)]
 
-    return run_model_stage(stage, config=stage_cfg, inputs={"prompts": sha256_file(path)},
+    inputs = {"prompts": sha256_file(path), "model": model_identity(cfg.model.name)}
+    return run_model_stage(stage, config=stage_cfg, inputs=inputs,
                            items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend,
                            work=work, total=len(rows) * sampling.n, unit="completions",
                            per_item=sampling.n, log=log)

@@ -21,7 +21,7 @@ from typing import Callable, Literal
 
 from pydantic import Field, field_validator
 
-from constitutional.artifacts import StageDir, StageResult, run_model_stage
+from constitutional.artifacts import StageDir, StageResult, model_identity, run_model_stage
 from constitutional.backends.base import Sampling
 from constitutional.comparisons import Comparison, load_comparisons
 from constitutional.config import ModelConfig, SamplingConfig, StrictModel
@@ -98,6 +98,7 @@ def run_label(cfg: LabelConfig, run_dir: str | Path, get_backend: Callable[[], o
 
     return run_model_stage(stage, config=stage_cfg,
                            inputs={"pairs": sha256_file(pairs_path),
+                                   "model": model_identity(cfg.model.name),
                                    "constitution": constitution.fingerprint()},
                            items=pairs, chunk_size=cfg.chunk_size, get_backend=get_backend,
                            work=work, total=len(pairs), unit="pairs", log=log)

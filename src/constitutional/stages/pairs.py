@@ -14,7 +14,7 @@ from typing import Callable
 
 from pydantic import Field, model_validator
 
-from constitutional.artifacts import StageDir, StageResult, run_model_stage
+from constitutional.artifacts import StageDir, StageResult, model_identity, run_model_stage
 from constitutional.backends.base import Sampling
 from constitutional.config import ModelConfig, SamplingConfig, StrictModel
 from constitutional.jsonio import sha256_file
@@ -62,7 +62,8 @@ def run_pairs(cfg: PairsConfig, run_dir: str | Path, get_backend: Callable[[], o
         advance(len(chunk))
         return out
 
-    return run_model_stage(stage, config=stage_cfg, inputs={"prompts": sha256_file(path)},
+    inputs = {"prompts": sha256_file(path), "policy": model_identity(cfg.model.name)}
+    return run_model_stage(stage, config=stage_cfg, inputs=inputs,
                            items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend,
                            work=work, total=len(rows), unit="prompts", log=log)
 

@@ -13,7 +13,6 @@ helpful model is loaded once for critique and helpful answers, and released befo
 from __future__ import annotations
 
 import gc
-import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -91,9 +90,7 @@ def run_sl_cai(cfg: SLCAIConfig, run_dir: str | Path, load_backend: Callable,
                                      "helpful": str(out["helpful"].output) if cfg.helpful
                                      else None})
     out["sl_model"] = run_sft(sft, run_dir, log)
-    if cfg.show:
-        if not out["sl_model"].skipped:      # a new model: its old answers are stale
-            shutil.rmtree(run_dir / "sl_answers", ignore_errors=True)
+    if cfg.show:          # a retrained model changes this stage's inputs: answers are redone
         answers = GenerateConfig(
             model=cfg.critique.model.model_copy(update={"name": str(out["sl_model"].output)}),
             sampling=cfg.critique.sampling, prompts=cfg.critique.prompts, limit=cfg.show,

@@ -21,7 +21,7 @@ from typing import Callable, Literal
 
 from pydantic import Field
 
-from constitutional.artifacts import StageResult
+from constitutional.artifacts import StageResult, model_identity
 from constitutional.config import ModelConfig, StrictModel
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file
@@ -67,7 +67,7 @@ def build_rows(cfg: DPOTrainConfig, labels: str) -> list[dict]:
 def run_dpo(cfg: DPOTrainConfig, run_dir: str | Path,
             log: Callable[[str], None] = print) -> StageResult:
     labels = cfg.labels or str(Path(run_dir) / "labels" / "output.jsonl")
-    inputs = {"labels": sha256_file(labels)}
+    inputs = {"labels": sha256_file(labels), "policy": model_identity(cfg.model.name)}
 
     def train(rows, stage: Path, final: Path, lg) -> list[dict]:
         trainer = make_trainer(cfg, rows, stage / "checkpoints")
@@ -130,9 +130,9 @@ def make_trainer(cfg: DPOTrainConfig, rows: list[dict], checkpoints: Path):
     bf16 = use_bf16(cfg.precision)
     model, tok = load_trainable(cfg, bf16)
     ref = None
-    if not cfg.lora:
-        ref, _ = load_trainable(cfg.model_copy(update={"lora": False}), bf16)
-        ref.eval().requires_grad_(False)
+    if not cfg.lora:           # full fine-tuning needs a frozen copy; under LoRA it is free
+        import copy
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
     args = DPOConfig(
         output_dir=str(checkpoints), per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,

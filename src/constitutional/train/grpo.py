@@ -13,7 +13,7 @@ from typing import Callable, Literal
 
 from pydantic import Field
 
-from constitutional.artifacts import StageResult
+from constitutional.artifacts import StageResult, model_identity
 from constitutional.config import ModelConfig, StrictModel
 from constitutional.jsonio import sha256_file
 from constitutional.train.sft import LoraSettings, load_trainable, use_bf16
@@ -50,11 +50,10 @@ class GRPOTrainConfig(StrictModel):
 def run_grpo(cfg: GRPOTrainConfig, run_dir: str | Path, log: Callable[[str], None] = print,
              reward_fn: RewardFn | None = None) -> StageResult:
     from constitutional.prompts_io import load_prompts
-    from constitutional.train.ppo import _folder_hash
-
     pm_path = cfg.reward_model or str(Path(run_dir) / "pm" / "model")
     ppath, rows = load_prompts(cfg.prompts, cfg.limit)
-    inputs = {"prompts": sha256_file(ppath), "reward_model": _folder_hash(pm_path)}
+    inputs = {"prompts": sha256_file(ppath), "reward_model": model_identity(pm_path),
+              "policy": model_identity(cfg.model.name)}
 
     def train(data, stage: Path, final: Path, lg) -> list[dict]:
         fn = reward_fn or pm_reward_for_grpo(pm_path)

@@ -18,7 +18,7 @@ from typing import Callable, Literal, Sequence
 
 from pydantic import Field
 
-from constitutional.artifacts import StageResult
+from constitutional.artifacts import StageResult, model_identity
 from constitutional.config import ModelConfig, StrictModel
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file
@@ -80,7 +80,7 @@ def build_rows(cfg: PMTrainConfig, labels_path: str) -> list[dict]:
 def run_pm(cfg: PMTrainConfig, run_dir: str | Path,
            log: Callable[[str], None] = print) -> StageResult:
     labels = cfg.labels or str(Path(run_dir) / "labels" / "output.jsonl")
-    inputs = {"labels": sha256_file(labels)}
+    inputs = {"labels": sha256_file(labels), "base": model_identity(cfg.model.name)}
     if cfg.helpful:
         inputs["helpful"] = sha256_file(cfg.helpful)
     if cfg.pmp:
@@ -125,7 +125,7 @@ def load_pm_base(cfg: PMTrainConfig, init: Path | None, bf16: bool):
     from constitutional.models import resolve_model
 
     path = str(init) if init else resolve_model(cfg.model.name).path
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)          # the fresh score head (and adapters): reproducible
     model, tok = load_model_and_tokenizer(
         path, dtype=torch.bfloat16 if (bf16 and cfg.lora) else torch.float32,
         device=pick_device(cfg.model.device), trust_remote_code=cfg.model.trust_remote_code,
@@ -135,7 +135,6 @@ def load_pm_base(cfg: PMTrainConfig, init: Path | None, bf16: bool):
         tok.pad_token = tok.eos_token
     model.config.pad_token_id = tok.pad_token_id
     model.train()
-    torch.manual_seed(cfg.seed)          # the fresh score head (and adapters): reproducible
     if cfg.lora:
         model = cfg.lora_settings.wrap(model, "SEQ_CLS")
     return model, tok

@@ -16,7 +16,6 @@ every two answers to one question with different scores make a hard pair (p = 1)
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import random
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from constitutional.comparisons import load_comparisons
 from constitutional.errors import InputError
-from constitutional.jsonio import read_jsonl
+from constitutional.jsonio import read_jsonl, seeded_fraction
 
 VOTE_CAP = 100
 
@@ -105,5 +104,4 @@ def mix(ai: list[dict], helpful: list[dict], helpful_per_label: float, seed: int
 
 def held_out(row: dict, fraction: float, seed: int) -> bool:
     """A fixed split by the row's id, so a resumed or repeated run holds out the same rows."""
-    h = hashlib.sha256(f"{seed}\x00{row['source']}\x00{row['source_id']}".encode()).digest()
-    return int.from_bytes(h[:4], "little") / 2**32 < fraction
+    return seeded_fraction(seed, row["source"], row["source_id"]) < fraction

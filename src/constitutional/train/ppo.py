@@ -17,7 +17,6 @@ model/ (the merged policy, an ordinary Hugging Face folder).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -27,12 +26,12 @@ from typing import Callable, Literal, Sequence
 
 from pydantic import Field
 
-from constitutional.artifacts import StageDir, StageResult, package_versions
+from constitutional.artifacts import StageDir, StageResult, model_identity, package_versions
 from constitutional.config import ModelConfig, StrictModel
 from constitutional.errors import InputError
-from constitutional.jsonio import sha256_file, sha256_json, write_atomic
+from constitutional.jsonio import seeded_fraction, sha256_file, sha256_json, write_atomic
 from constitutional.train.sft import LoraSettings, use_bf16
-from constitutional.train.stage import save_atomically
+from constitutional.train.stage import reuse_or_reset, save_atomically
 
 STAGE = "rl"
 RewardFn = Callable[[Sequence[Sequence[dict]], Sequence[str]], list[float]]
@@ -91,12 +90,8 @@ class PPOConfig(StrictModel):
 
 def split_prompts(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     """(train, held out) by a hash of the prompt id: fixed across runs and resumes."""
-    def held(r) -> bool:
-        h = hashlib.sha256(f"{seed}\x00{r.id}".encode()).digest()
-        return int.from_bytes(h[:4], "little") / 2**32 < fraction
-    train = [r for r in rows if not held(r)]
-    evals = [r for r in rows if held(r)]
-    return train, evals
+    held = [seeded_fraction(seed, r.id) < fraction for r in rows]
+    return ([r for r, h in zip(rows, held) if not h], [r for r, h in zip(rows, held) if h])
 
 
 @contextmanager
@@ -362,17 +357,13 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
     train_rows, eval_rows = split_prompts(rows, cfg.eval_fraction, cfg.seed)
     stage = StageDir(run_dir, STAGE)
     final = stage.path / "model"
-    inputs = {"prompts": sha256_file(ppath), "reward_model": _folder_hash(pm_path),
-              "policy": _folder_hash(cfg.policy.name)}
+    inputs = {"prompts": sha256_file(ppath), "reward_model": model_identity(pm_path),
+              "policy": model_identity(cfg.policy.name)}
     fingerprint = sha256_json({"stage": STAGE, "config": cfg.model_dump(mode="json"),
                                "inputs": inputs})
-    m = stage.manifest()
-    if m and m.get("fingerprint") == fingerprint and m.get("status") == "complete" and \
-            final.is_dir():
-        return StageResult(STAGE, final, m.get("steps", 0), 0.0, skipped=True)
-    if m and m.get("fingerprint") != fingerprint:
-        log(f"{STAGE}: config or inputs changed since the last run; training from scratch")
-        stage.reset()
+    done = reuse_or_reset(stage, fingerprint, log, count_key="steps")
+    if done:
+        return done
     stage.path.mkdir(parents=True, exist_ok=True)
     board = _tensorboard(cfg, stage.path)          # fails fast if the package is missing
     torch.manual_seed(cfg.seed)
@@ -424,14 +415,6 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
 
 def _step_seed(seed: int, step: int) -> int:
     return random.Random(f"{seed}\x00{step}").getrandbits(62)
-
-
-def _folder_hash(path: str) -> str:
-    p = Path(path)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".json"))
-        return sha256_json({f.name: sha256_file(f) for f in files})
-    return path                                    # a built-in name or hub id
 
 
 def _read_log(path: Path, upto: int) -> list[dict]:

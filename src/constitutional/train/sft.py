@@ -20,7 +20,7 @@ from typing import Callable, Literal
 
 from pydantic import Field
 
-from constitutional.artifacts import StageResult
+from constitutional.artifacts import StageResult, model_identity
 from constitutional.config import ModelConfig, StrictModel
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file
@@ -103,7 +103,7 @@ def run_sft(cfg: SFTTrainConfig, run_dir: str | Path,
     if not cfg.revisions:
         raise InputError("no revisions to train on: give `revisions` (a critique output)",
                          field="revisions")
-    inputs = {"revisions": sha256_file(cfg.revisions)}
+    inputs = {"revisions": sha256_file(cfg.revisions), "base": model_identity(cfg.model.name)}
     if cfg.helpful:
         inputs["helpful"] = sha256_file(cfg.helpful)
     return run_training_stage(

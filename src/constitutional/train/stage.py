@@ -27,13 +27,9 @@ def run_training_stage(name: str, config: dict, inputs: dict[str, str],
     stage = StageDir(run_dir, name)
     final = stage.path / "model"
     fingerprint = sha256_json({"stage": name, "config": config, "inputs": inputs})
-    m = stage.manifest()
-    if m and m.get("fingerprint") == fingerprint and m.get("status") == "complete" and \
-            final.is_dir():
-        return StageResult(name, final, m.get("rows", 0), 0.0, skipped=True)
-    if m and m.get("fingerprint") != fingerprint:
-        log(f"{name}: config or data changed since the last run; training from scratch")
-        shutil.rmtree(stage.path)
+    done = reuse_or_reset(stage, fingerprint, log)
+    if done:
+        return done
     rows = build_rows()
     stage.path.mkdir(parents=True, exist_ok=True)
     write_jsonl_atomic(stage.path / "train.jsonl", rows)
@@ -50,6 +46,22 @@ def run_training_stage(name: str, config: dict, inputs: dict[str, str],
                     **(summarize(history) if summarize else {}))
     stage.write_manifest(manifest)
     return StageResult(name, final, len(rows), manifest["seconds"], skipped=False)
+
+
+def reuse_or_reset(stage: StageDir, fingerprint: str, log: Callable[[str], None],
+                   count_key: str = "rows") -> StageResult | None:
+    """The finished result if the stage completed with this fingerprint; otherwise None,
+    after clearing a stage left by another config or other inputs (a stage with the same
+    fingerprint is kept, so its checkpoints resume)."""
+    final = stage.path / "model"
+    m = stage.manifest()
+    if m and m.get("fingerprint") == fingerprint and m.get("status") == "complete" and \
+            final.is_dir():
+        return StageResult(stage.name, final, m.get(count_key, 0), 0.0, skipped=True)
+    if m and m.get("fingerprint") != fingerprint:
+        log(f"{stage.name}: config or inputs changed since the last run; training from scratch")
+        shutil.rmtree(stage.path)
+    return None
 
 
 def train_and_save(trainer, checkpoints: Path, final: Path, lora: bool, note: dict,
