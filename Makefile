@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.cai-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install browser demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,10 +28,23 @@ demo: $(STAMP)
 	# critique -> revision -> SL-CAI fine-tune; the SL-CAI model answers twice per prompt; the
 	# embedded model labels each pair from its option probabilities (8 choice principles x
 	# both orders); a preference model on the soft labels; PPO against it, with the held-out
-	# reward and KL printed at the end.
+	# reward and KL printed at the end; then the evaluation (Elo for harmlessness and
+	# helpfulness of base -> SL-CAI -> RL checkpoints, the critique ablation, evasiveness, a
+	# multiple-choice set) and the report, whose path is printed last.
 	$(BIN)/cai run configs/quickstart.yaml --out runs/quickstart
 
-test: $(STAMP)
+# Debian's Chromium and ChromeDriver, for the test that opens report.html in a headless browser.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null; \
+	elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    chromium chromium-driver >/dev/null; \
+	else echo "note: install chromium and chromedriver for the report's browser test"; fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -1,5 +1,6 @@
 """The embedded SmolLM2-135M model, end to end (slow: conversion once, then seconds)."""
 
+import re
 import time
 
 import pytest
@@ -55,3 +56,14 @@ def test_embedded_scores_agree_with_plain_forward(smol):
     ref_yes, ref_no = (logp[smol.encode(raw, o)[-1]].item() for o in (" yes", " no"))
     assert yes == pytest.approx(ref_yes, abs=0.15) and no == pytest.approx(ref_no, abs=0.15)
     assert yes - no == pytest.approx(ref_yes - ref_no, abs=0.05)
+
+
+def test_embedded_mc_benchmark_from_the_cli(tmp_path):
+    from conftest import run_cai
+
+    r = run_cai(["eval", "mc", "bundled:mc_sample", "--model", "smollm2-135m"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    acc = re.search(r"12 questions, accuracy ([0-9.]+) \[([0-9.]+), ([0-9.]+)\]", r.stdout)
+    assert acc, r.stdout
+    lo, mid, hi = float(acc.group(2)), float(acc.group(1)), float(acc.group(3))
+    assert 0.0 <= lo <= mid <= hi <= 1.0

@@ -31,6 +31,7 @@ rl:
   ppo: {{prompts: red.jsonl, steps: 4, batch_size: 4, mini_batch_size: 2, max_new_tokens: 8,
         precision: fp32, eval_every: 2, save_every: 1}}
   dpo: {{precision: fp32, batch_size: 4, max_length: 96}}
+eval: {{limit: 3, bootstrap: 50, benchmarks: [bundled:mc_sample], chunk_size: 4}}
 """)
     return ["run", "recipe.yaml", "--dry-run"]
 
@@ -122,5 +123,5 @@ def test_shipped_recipes_are_valid(name):
 
     path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     cfg = load_config(RecipeConfig, path, [], {})
-    assert cfg.stages[0] == "sl-cai" and cfg.stages[-1] == "rl"
+    assert cfg.stages[0] == "sl-cai" and cfg.stages[-2:] == ["eval", "report"]
     assert cfg.rl.method == ("dpo" if name == "cai_dpo" else "ppo")

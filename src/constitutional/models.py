@@ -122,6 +122,22 @@ class ResolvedModel:
     name: str
 
 
+ADAPTER_NOTE = "cai_adapter.json"   # a LoRA snapshot: {"base": path relative to the folder}
+
+
+def adapter_base(folder: str | Path) -> Path | None:
+    """The base model folder of a LoRA snapshot written by the toolkit, or None."""
+    import json
+
+    note = Path(folder) / ADAPTER_NOTE
+    if not note.is_file():
+        return None
+    base = (Path(folder) / json.loads(note.read_text())["base"]).resolve()
+    if not base.is_dir():
+        raise InputError("the base model of this LoRA snapshot is missing", path=str(base))
+    return base
+
+
 def resolve_model(name: str, prepare: bool = True, log=print) -> ResolvedModel:
     """Map a model name to something `from_pretrained` can load, or raise a clear InputError."""
     if name in BUILTINS:
@@ -130,7 +146,7 @@ def resolve_model(name: str, prepare: bool = True, log=print) -> ResolvedModel:
         return ResolvedModel(str(path), "builtin", name)
     p = Path(name).expanduser()
     if p.exists():
-        if not (p / "config.json").is_file():
+        if not (p / "config.json").is_file() and not (p / ADAPTER_NOTE).is_file():
             raise InputError("not a model folder (no config.json)", path=str(p))
         return ResolvedModel(str(p), "local", name)
     if _HUB_ID.match(name) and not name.startswith((".", "/")):

@@ -1,7 +1,9 @@
 """Prompt files: JSONL rows with a `prompt` string (or a `messages` chat), validated per line.
 
 `bundled:redteam` and `bundled:helpful` name the example prompts shipped with the package
-(written for this project).
+(written for this project); `bundled:redteam_eval` and `bundled:helpful_eval` are held-out
+prompts that no training stage of the shipped recipes uses, for the evaluation, and
+`bundled:mc_sample` a small TruthfulQA-style multiple-choice set of ours.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any
 from constitutional.errors import InputError
 from constitutional.jsonio import read_jsonl
 
-BUNDLED = {"redteam": "redteam_prompts.jsonl", "helpful": "helpful_prompts.jsonl"}
+BUNDLED = {"redteam": "redteam_prompts.jsonl", "helpful": "helpful_prompts.jsonl",
+           "redteam_eval": "redteam_eval_prompts.jsonl",
+           "helpful_eval": "helpful_eval_prompts.jsonl", "mc_sample": "mc_sample.jsonl"}
 ROLES = {"system", "user", "assistant"}
 
 

@@ -52,11 +52,17 @@ def load_model_and_tokenizer(path: str, *, dtype: torch.dtype, device: torch.dev
     """A model (a causal LM unless `model_class` says otherwise) from safetensors only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from constitutional.models import adapter_base
+
     kw = dict(trust_remote_code=trust_remote_code, revision=revision)
+    base = adapter_base(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, **kw)
         model = (model_class or AutoModelForCausalLM).from_pretrained(
-            path, dtype=dtype, use_safetensors=True, **kw, **model_kw)
+            str(base or path), dtype=dtype, use_safetensors=True, **kw, **model_kw)
+        if base is not None:            # a LoRA snapshot: merge it into its base once
+            from peft import PeftModel
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"could not load model '{name or path}': {first}") from None

@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 import traceback
 
-from constitutional.cli import (basic, constitution_cmd, feedback, run_cmd,  # noqa: F401
-                                sl_cai)
+from constitutional.cli import (basic, constitution_cmd, eval_cmd, feedback,  # noqa: F401
+                                run_cmd, sl_cai)
 from constitutional.cli.common import app, err, state
 from constitutional.errors import InputError
 

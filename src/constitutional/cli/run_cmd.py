@@ -28,7 +28,8 @@ def run_cmd(
                                  "and labeling stage (training still runs)."),
     overrides: Optional[List[str]] = OVERRIDES,
 ):
-    """Run a recipe: sl-cai -> pairs -> label -> pm -> rl, each stage resumable."""
+    """Run a recipe: sl-cai -> pairs -> label -> pm -> rl -> eval -> report, each stage
+    resumable."""
     from constitutional.config import load_config
     from constitutional.stages.pipeline import RecipeConfig, run_recipe, select
     from constitutional.stages.sl_cai import set_model
@@ -36,13 +37,15 @@ def run_cmd(
     fake = "fake" if dry_run else None
     cfg = load_config(RecipeConfig, config, overrides,
                       flags(critique__model__backend=fake, pairs__model__backend=fake,
-                            label__model__backend=fake))
+                            label__model__backend=fake, eval__judge__backend=fake,
+                            eval__answer_model__backend=fake))
     if model:
         set_model(cfg, model)
     select(cfg.stages, start, until)
     from constitutional.cli.sl_cai import _check_inputs
     _check_inputs(cfg.critique)
-    for m in (cfg.sft.model, cfg.label.model, cfg.pm.model):
+    for m in (cfg.sft.model, cfg.label.model, cfg.pm.model) + \
+            ((cfg.eval.judge,) if "eval" in cfg.stages else ()):
         check_model(m)
     out_dir = out_dir or Path("runs") / config.stem
     start_run(out_dir, cfg, "recipe.yaml")
@@ -65,6 +68,13 @@ def run_cmd(
                       f"prompts {m['reward_before']:.3f} -> {m['reward_after']:.3f}, KL to the "
                       f"SL-CAI policy {m['kl_after']:.3f} nats (rl/eval.jsonl, rl/log.jsonl)",
                       highlight=False)
+    by_name = {r.name: r for r in results}
+    if "eval" in by_name:
+        from constitutional.cli.eval_cmd import print_summary
+        print_summary(by_name["eval"].output)
+    if "report" in by_name:
+        out.print(f"report -> {by_name['report'].output} (open it in a browser; "
+                  f"{out_dir / 'report.md'} beside it)", highlight=False)
 
 
 def stage_summaries(by_name: dict, out_dir: Path, show: int) -> None:

@@ -91,13 +91,14 @@ class Chain:
 
 
 def run_critique(cfg: CritiqueConfig, run_dir: str | Path, get_backend: Callable[[], object],
-                 log: Callable[[str], None] = print) -> StageResult:
+                 log: Callable[[str], None] = print, stage_name: str = STAGE) -> StageResult:
+    """`stage_name` names the folder (the critique ablation runs a revision-only twin)."""
     cpath, constitution = load_constitution(cfg.constitution)
     constitution.require("critique_revision", str(cpath))
     ppath, rows = load_prompts(cfg.prompts, cfg.limit)
     shots = _shots(constitution, cfg)
     steps_per_chain = 1 + cfg.rounds * (2 if cfg.mode == "critique" else 1)
-    stage = StageDir(run_dir, STAGE)
+    stage = StageDir(run_dir, stage_name)
     stage_cfg = cfg.model_dump(exclude={"model": {"batch_size", "score_batch_tokens"},
                                         "chunk_size": True, "log_calls": True, "limit": True})
     def work(backend, chunk: list[PromptRow], advance) -> list[dict]:

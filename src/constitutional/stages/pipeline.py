@@ -5,6 +5,9 @@
     label    the feedback model labels each pair (soft labels from option probabilities)
     pm       the preference model on those labels
     rl       PPO (the paper), DPO or GRPO from the SL-CAI model -> rl/model
+    eval     Elo for harmlessness and helpfulness (base, SL-CAI, RL snapshots, RL), the
+             critique ablation, evasiveness, benchmarks, PM accuracy -> eval/
+    report   report.md and report.html
 
 Each stage reads the previous one's artifact from the run folder and is itself resumable, so
 a killed run started again reuses every finished stage and resumes the one it was in. The
@@ -23,6 +26,7 @@ from pydantic import Field
 from constitutional.artifacts import StageResult
 from constitutional.config import StrictModel
 from constitutional.errors import InputError
+from constitutional.evals.run import EvalConfig
 from constitutional.stages.label import LabelConfig
 from constitutional.stages.pairs import PairsConfig
 from constitutional.stages.sl_cai import SLCAIConfig
@@ -31,7 +35,8 @@ from constitutional.train.grpo import GRPOTrainConfig
 from constitutional.train.pm import PMTrainConfig
 from constitutional.train.ppo import PPOConfig
 
-STAGES = ["sl-cai", "pairs", "label", "pm", "rl"]
+STAGES = ["sl-cai", "pairs", "label", "pm", "rl", "eval", "report"]
+NEEDS_SL_MODEL = {"pairs", "label", "pm", "rl"}
 
 
 class RLConfig(StrictModel):
@@ -46,12 +51,13 @@ class RLConfig(StrictModel):
 
 class RecipeConfig(SLCAIConfig):
     """A full recipe: SL-CAI's sections plus the RL-CAI stages."""
-    stages: list[Literal["sl-cai", "pairs", "label", "pm", "rl"]] = Field(
+    stages: list[Literal["sl-cai", "pairs", "label", "pm", "rl", "eval", "report"]] = Field(
         default_factory=lambda: list(STAGES), description="Stages this recipe runs, in order.")
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
     pm: PMTrainConfig = Field(default_factory=PMTrainConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 def select(stages: list[str], start: str | None, until: str | None) -> list[str]:
@@ -78,7 +84,7 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
     sl_model = run_dir / "sl_model" / "model"
     results: list[StageResult] = []
     for name in select(cfg.stages, start, until):
-        if name != "sl-cai" and not sl_model.is_dir():
+        if name in NEEDS_SL_MODEL and not sl_model.is_dir():
             raise InputError("no SL-CAI model in this run yet: run the sl-cai stage first",
                              path=str(sl_model))
         if name == "sl-cai":
@@ -97,8 +103,25 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
             results.append(run_pm(cfg.pm, run_dir, log))
         elif name == "rl":
             results.append(run_rl(cfg.rl, run_dir, str(sl_model), log))
+        elif name == "eval":
+            from constitutional.evals.run import run_eval
+            results.append(run_eval(cfg.eval, run_dir, load_backend, log,
+                                    critique=cfg.critique, label=cfg.label,
+                                    base=cfg.sft.model.name, rl_method=cfg.rl.method))
+        elif name == "report":
+            results.append(run_report(run_dir))
         gc.collect()                      # release the stage's models before the next
     return results
+
+
+def run_report(run_dir: Path) -> StageResult:
+    import time
+
+    from constitutional.report import write_report
+
+    t0 = time.time()
+    _, page = write_report(run_dir)
+    return StageResult("report", page, 1, time.time() - t0, skipped=False)
 
 
 def run_rl(cfg: RLConfig, run_dir: Path, sl_model: str, log) -> StageResult:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,6 +82,9 @@ class PPOConfig(StrictModel):
     eval_temperature: float = Field(0.0, ge=0, description="Decoding of the held-out "
                                     "answers (0: greedy, the least noisy comparison).")
     save_every: int = Field(2, ge=1, description="Checkpoint every N iterations.")
+    snapshots: bool = Field(True, description="Save the policy at every evaluation before "
+                            "the last to rl/snapshots/step-N (a LoRA adapter, or the full "
+                            "model without LoRA): the frontier plot's RL checkpoints.")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     report_to: list[Literal["tensorboard"]] = Field(
         default_factory=list, description="['tensorboard'] also writes every iteration's "
@@ -396,6 +400,8 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
         if trainer.step_no % cfg.eval_every == 0 or trainer.step_no == cfg.steps:
             evals.append(trainer.evaluate(held, cfg.seed + 1))
             board(evals[-1], "eval")
+            if cfg.snapshots and trainer.step_no < cfg.steps:
+                save_snapshot(trainer.policy, tok, cfg, stage.path, trainer.step_no)
         if trainer.step_no % cfg.save_every == 0 or trainer.step_no == cfg.steps:
             # logs first, then the checkpoint: a resume trims logs back to the checkpoint
             _write_log(stage.path / "log.jsonl", logs)
@@ -411,6 +417,29 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
     stage.write_manifest(manifest)
     ckpt.unlink(missing_ok=True)
     return StageResult(STAGE, final, cfg.steps, manifest["seconds"], skipped=False)
+
+
+def save_snapshot(policy, tok, cfg: PPOConfig, stage: Path, step: int) -> Path:
+    """The policy as of `step`, by rename. A LoRA snapshot holds the adapter and a note
+    naming its base by a path relative to itself, so the run folder can move."""
+    import os
+
+    from constitutional.models import ADAPTER_NOTE, resolve_model
+
+    final = stage / "snapshots" / f"step-{step:04d}"
+    if cfg.lora:
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        base = os.path.relpath(Path(resolve_model(cfg.policy.name).path).resolve(),
+                               final.resolve())
+        (tmp / ADAPTER_NOTE).write_text(json.dumps({"base": base, "step": step}))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    else:
+        save_atomically(policy, tok, final, {"stage": STAGE, "kind": "ppo", "step": step})
+    return final
 
 
 def _step_seed(seed: int, step: int) -> int:

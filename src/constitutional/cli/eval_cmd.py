@@ -1,0 +1,131 @@
+"""`cai eval compare`, `cai eval mc` and `cai report`: evaluations and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from constitutional.cli.common import app, backend_loader, check_model, flags, log, out, start_run
+from constitutional.cli.feedback import eval_app
+
+OVERRIDES = typer.Argument(None, help="key.path=value overrides of the eval config")
+
+
+@eval_app.command("compare")
+def compare_cmd(
+    models: Optional[List[str]] = typer.Option(None, "--models", help="Models to compare "
+                                               "(the first is the Elo anchor); `--models A B "
+                                               "C` or repeated."),
+    more: Optional[List[str]] = typer.Argument(None, help="More models, and key=value "
+                                               "overrides of the eval config."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", "-p", help="Prompts (JSONL); "
+                                          "default: our held-out set for the axis."),
+    judge: Optional[str] = typer.Option(None, "--judge", "-j", help="The judge model."),
+    axis: Optional[List[str]] = typer.Option(None, "--axis", help="harmlessness and/or "
+                                             "helpfulness (default: both)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N prompts per axis."),
+    out_dir: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="A run folder: "
+                                 "answers, judgements, summary.json and plots go to OUT/eval."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Eval config YAML."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Fake backend everywhere."),
+):
+    """Every model answers every prompt; the judge compares answers pairwise (both orders);
+    Bradley-Terry Elo with bootstrap intervals and the win-rate matrix."""
+    from constitutional.config import load_config
+    from constitutional.errors import InputError
+    from constitutional.evals.run import EvalConfig, EvalModel, run_eval
+
+    extra = [x for x in (more or []) if "=" not in x]
+    overrides = [x for x in (more or []) if "=" in x]
+    names = (models or []) + extra
+    fake = "fake" if dry_run else None
+    cfg = load_config(EvalConfig, config, overrides,
+                      flags(judge__name=judge, judge__backend=fake, limit=limit,
+                            answer_model__backend=fake))
+    if names:
+        cfg.models = [EvalModel(name=n) for n in names]
+    if not cfg.models or len(cfg.models) < 2:
+        raise InputError("give at least two models to compare", field="--models")
+    if axis:
+        bad = [a for a in axis if a not in ("harmlessness", "helpfulness")]
+        if bad:
+            raise InputError(f"unknown axis {bad[0]!r}: harmlessness or helpfulness",
+                             field="--axis")
+        cfg.axes = list(dict.fromkeys(axis))
+    if prompts:
+        cfg.prompts = {a: prompts for a in cfg.axes}
+    cfg.ablation = False
+    for m in [cfg.judge] + [cfg.answer_model.model_copy(update={"name": x.name})
+                            for x in cfg.models]:
+        check_model(m)
+    start_run(out_dir, cfg, "eval.yaml")
+    res = run_eval(cfg, out_dir, lambda m: backend_loader(_with_model(m), out_dir), log)
+    print_summary(res.output)
+
+
+def _with_model(model_cfg):
+    from constitutional.config import GenerateConfig
+    return GenerateConfig(model=model_cfg)
+
+
+def print_summary(summary_path: Path) -> None:
+    import json
+
+    s = json.loads(Path(summary_path).read_text())
+    for axis, a in s["axes"].items():
+        table = Table("model", f"{axis} Elo", "95% CI", *a["models"],
+                      title=f"{axis}: {a['judgements']} judgements on {a['groups']} prompts "
+                      "(row beats column)")
+        for i, name in enumerate(a["models"]):
+            lo, hi = a["ci95"][i]
+            table.add_row(name, f"{a['elo'][i]:.0f}", f"{lo:.0f} to {hi:.0f}",
+                          *("-" if x is None else f"{x:.2f}" for x in a["win_rate"][i]))
+        out.print(table)
+    if s.get("evasiveness"):
+        table = Table("model", "judge: evasive", "lexical: evasive", title="evasiveness")
+        for t, e in s["evasiveness"].items():
+            if e.get("n"):
+                table.add_row(t, f"{e['judge_evasive']:.2f}", f"{e['lexical_evasive']:.2f}")
+        out.print(table)
+    folder = Path(summary_path).parent
+    for f in ("frontier.png", "frontier.csv", "ablation.png"):
+        if (folder / f).is_file():
+            out.print(f"{f} -> {folder / f}", highlight=False)
+
+
+@eval_app.command("mc")
+def mc_cmd(
+    data: str = typer.Argument(..., help="TruthfulQA-style JSONL (question/choices/"
+                               "correct_index), HHH JSONL or BIG-bench task.json; "
+                               "bundled:mc_sample is ours."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Use the scripted fake backend."),
+):
+    """Multiple-choice accuracy by the log-likelihood of each choice, with a 95% interval."""
+    from constitutional.backends import load_backend
+    from constitutional.config import ModelConfig
+    from constitutional.evals.multiple_choice import load_mc, score, summarize
+    from constitutional.prompts_io import resolve_prompts_path
+
+    items = load_mc(resolve_prompts_path(data))
+    mcfg = ModelConfig(name=model, backend="fake" if dry_run else "transformers")
+    check_model(mcfg)
+    r = summarize(score(load_backend(mcfg, log=log), items))
+    out.print(f"{data}: {r['n']} questions, accuracy {r['accuracy']:.3f} "
+              f"[{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}], length-normalized "
+              f"{r['accuracy_norm']:.3f}, chance {r['chance']:.3f}", highlight=False)
+
+
+@app.command("report")
+def report_cmd(
+    run: Path = typer.Argument(..., help="A run folder."),
+    samples: int = typer.Option(4, "--samples", help="Examples per section."),
+):
+    """Write RUN/report.md and a self-contained RUN/report.html from a run folder."""
+    from constitutional.report import write_report
+
+    md, page = write_report(run, samples)
+    out.print(f"report -> {page} (and {md.name})", highlight=False)

@@ -1,0 +1,398 @@
+"""Stage `eval`: every evaluation of the papers on the models of a run (or any models).
+
+    eval/answers/<model>/<axis>/   each model answers the axis's held-out prompts (generate)
+    eval/mc/<benchmark>/<model>/   multiple-choice log-likelihood scores per benchmark
+    eval/ablation_revision_only/   the critique stage's prompts worked without critiques
+    eval/judge/<axis>/             the judge's soft label for every (prompt, model pair)
+    eval/evasiveness/              judge and lexical evasiveness of each harmlessness answer
+    eval/summary.json              Elo with intervals, win rates, evasiveness, benchmarks,
+                                   ablation curves, PM and feedback accuracy
+    eval/frontier.csv, frontier.png, ablation.png
+
+Each model is loaded once (the judge and the helpful model are kept for their later uses,
+the rest released after answering), every model stage is resumable, and the numbers derived
+from them are recomputed from the stage outputs each time (cheap and deterministic).
+"""
+
+from __future__ import annotations
+
+import csv
+import gc
+import io
+import re
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import Field, field_validator
+
+from constitutional.artifacts import (StageDir, StageResult, model_identity, read_output,
+                                      run_model_stage)
+from constitutional.config import GenerateConfig, ModelConfig, SamplingConfig, StrictModel
+from constitutional.errors import InputError
+from constitutional.evals.compare import AXES, axis_result, judge_constitution, \
+    pairwise_comparisons
+from constitutional.jsonio import sha256_file, sha256_json, write_atomic, write_json_atomic
+
+STAGE = "eval"
+
+
+class EvalModel(StrictModel):
+    name: str = Field(description="A built-in name, a model folder (a run's sl_model/model, "
+                      "rl/model, an RL snapshot) or a hub id.")
+    label: str | None = Field(None, description="Name in tables and plots (default: name).")
+    lines: list[str] = Field(default_factory=list, description="Frontier-plot lines "
+                             "(training methods) through this point, in model order.")
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+
+class EvalConfig(StrictModel):
+    models: list[EvalModel] | None = Field(None, description="Models to compare, the first "
+                                           "is the Elo anchor (None: the run's base model, "
+                                           "SL-CAI model, RL snapshots and RL model).")
+    answer_model: ModelConfig = Field(default_factory=ModelConfig, description="How the "
+                                      "compared models are loaded (backend, dtype, device, "
+                                      "batch size); `name` comes from each model.")
+    judge: ModelConfig = Field(default_factory=ModelConfig, description="The model that "
+                               "compares answers and judges evasiveness.")
+    axes: list[Literal["harmlessness", "helpfulness"]] = Field(default_factory=lambda:
+                                                               list(AXES))
+    prompts: dict[str, str] = Field(
+        default_factory=lambda: {"harmlessness": "bundled:redteam_eval",
+                                 "helpfulness": "bundled:helpful_eval"},
+        description="Prompts per axis; keep them out of every training stage.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts per axis.")
+    principles: dict[str, list[str]] = Field(default_factory=dict, description="Replace "
+                                             "the judge's principles of an axis.")
+    judge_principles: int | None = Field(None, ge=1, description="Principles drawn per "
+                                         "comparison (None: all of the axis).")
+    debias: bool = Field(True, description="Ask the judge in both orders.")
+    prompt_format: Literal["chat", "text"] = "text"
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.7, max_tokens=96, seed=0),
+        description="How every model answers (the same for all).")
+    system_prompt: str | None = None
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the intervals.")
+    evasiveness: bool = True
+    ablation: bool = Field(True, description="Critique ablation (needs the run's critique "
+                           "stage and preference model).")
+    benchmarks: list[str] = Field(default_factory=list, description="Multiple-choice files "
+                                  "(TruthfulQA-style JSONL, HHH JSONL, BIG-bench task.json); "
+                                  "bundled:mc_sample is a small one of ours.")
+    human_pairs: str | None = Field(None, description="Human-labelled pairs (HHH or HH): PM "
+                                    "accuracy and the run's feedback-label accuracy on them.")
+    chunk_size: int = Field(64, ge=1)
+    seed: int = 0
+
+    @field_validator("prompts", "principles")
+    @classmethod
+    def _axes(cls, v):
+        bad = [k for k in v if k not in AXES]
+        if bad:
+            raise ValueError(f"unknown axis {bad[0]!r} (have: {', '.join(AXES)})")
+        return v
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
+
+
+def run_models(run_dir: Path, base: str | None, rl_method: str = "ppo") -> list[EvalModel]:
+    """The run's models in training order: base -> SL-CAI -> RL snapshots -> RL."""
+    rl_line = f"RL-CAI ({rl_method.upper()})"
+    out = [EvalModel(name=base, label="base", lines=["SL-CAI"])] if base else []
+    sl = run_dir / "sl_model" / "model"
+    if sl.is_dir():
+        out.append(EvalModel(name=str(sl), label="SL-CAI", lines=["SL-CAI", rl_line]))
+    snaps = sorted((run_dir / "rl" / "snapshots").glob("step-*"))
+    out += [EvalModel(name=str(p), label=f"RL step {int(p.name[5:])}", lines=[rl_line])
+            for p in snaps if p.is_dir()]
+    if (run_dir / "rl" / "model").is_dir():
+        out.append(EvalModel(name=str(run_dir / "rl" / "model"), label="RL-CAI",
+                             lines=[rl_line]))
+    return out
+
+
+class Backends:
+    """Each model loaded once; `keep` names the ones a later step still needs."""
+
+    def __init__(self, load: Callable[[ModelConfig], object], keep: set[str]):
+        self.load, self.keep, self.cache = load, keep, {}
+
+    def get(self, cfg: ModelConfig):
+        key = (cfg.name, cfg.backend)
+        if key not in self.cache:
+            self.cache[key] = self.load(cfg)
+        return self.cache[key]
+
+    def release(self, cfg: ModelConfig | None = None) -> None:
+        for key in list(self.cache):
+            if cfg is None or (key == (cfg.name, cfg.backend) and cfg.name not in self.keep):
+                del self.cache[key]
+        gc.collect()
+
+
+def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
+             log: Callable[[str], None] = print, critique=None, label=None,
+             base: str | None = None, rl_method: str = "ppo") -> StageResult:
+    """`critique`/`label`: the run's CritiqueConfig and LabelConfig (for the ablation and for
+    feedback accuracy); `base`: the run's starting model (the first point of the frontier)."""
+    import time
+
+    t0 = time.time()
+    run_dir = Path(run_dir)
+    models = cfg.models or run_models(run_dir, base, rl_method)
+    titles = [m.title for m in models]
+    if len(models) < 2:
+        raise InputError("the evaluation needs at least two models to compare",
+                         field="eval.models")
+    if len(set(map(slug, titles))) < len(titles):
+        raise InputError("two models share a label", field="eval.models")
+    keep = {cfg.judge.name} | ({critique.model.name} if critique else set())
+    backends = Backends(load_backend, keep)
+    answers = {axis: [] for axis in cfg.axes}
+    mc: dict[str, dict[str, list[dict]]] = {}
+    for m in models:
+        mcfg = cfg.answer_model.model_copy(update={"name": m.name})
+        for axis in cfg.axes:
+            answers[axis].append(_answers(cfg, axis, m, mcfg, run_dir, backends, log))
+        for bench in cfg.benchmarks:
+            mc.setdefault(bench, {})[m.title] = _mc(bench, m, mcfg, run_dir, backends, log)
+        backends.release(mcfg)
+    chains = _ablation_chains(cfg, critique, run_dir, backends, log)
+    judged = {axis: _judge(cfg, axis, titles, answers[axis], run_dir, backends, log)
+              for axis in cfg.axes}
+    evasive = _evasiveness(cfg, titles, answers.get("harmlessness"), run_dir, backends, log) \
+        if cfg.evasiveness and "harmlessness" in cfg.axes else []
+    feedback = _feedback_accuracy(cfg, label, run_dir, backends, log)
+    backends.release()
+    pm = _pm_numbers(cfg, run_dir, chains, titles, answers.get("harmlessness"), log)
+    summary = summarize(cfg, models, judged, evasive, mc, pm, feedback)
+    summary["seconds"] = time.time() - t0
+    write_outputs(run_dir / STAGE, summary)
+    n = sum(len(rows) for rows in judged.values())
+    return StageResult(STAGE, run_dir / STAGE / "summary.json", n, summary["seconds"], False)
+
+
+# -- model stages ------------------------------------------------------------------------
+
+def _answers(cfg, axis, m: EvalModel, mcfg, run_dir, backends, log) -> dict[str, dict]:
+    from constitutional.stages.generate import run_generate
+
+    gen = GenerateConfig(model=mcfg, prompts=cfg.prompts[axis], limit=cfg.limit,
+                         sampling=cfg.sampling, system_prompt=cfg.system_prompt)
+    res = run_generate(gen, run_dir, lambda: backends.get(mcfg), log,
+                       stage_name=f"{STAGE}/answers/{slug(m.title)}/{axis}")
+    return {r["id"]: r for r in read_output(res.output) if r["sample"] == 0}
+
+
+def _mc(bench: str, m: EvalModel, mcfg, run_dir, backends, log) -> list[dict]:
+    from constitutional.evals.multiple_choice import load_mc, score
+    from constitutional.prompts_io import resolve_prompts_path
+
+    path = resolve_prompts_path(bench)
+    items = load_mc(path)
+    stage = StageDir(run_dir, f"{STAGE}/mc/{slug(path.stem)}/{slug(m.title)}")
+    res = run_model_stage(stage, config={"benchmark": path.name},
+                          inputs={"benchmark": sha256_file(path),
+                                  "model": model_identity(m.name)},
+                          items=items, chunk_size=64, get_backend=lambda: backends.get(mcfg),
+                          work=lambda b, chunk, adv: (adv(len(chunk)), score(b, chunk))[1],
+                          total=len(items), unit="questions", log=log)
+    return read_output(res.output)
+
+
+def _ablation_chains(cfg, critique, run_dir, backends, log) -> dict[str, list[dict]]:
+    from constitutional.stages.critique import run_critique
+
+    done = run_dir / "critique" / "output.jsonl"
+    if not (cfg.ablation and critique and done.is_file()):
+        return {}
+    twin = critique.model_copy(update={"mode": "revision_only"})
+    res = run_critique(twin, run_dir, lambda: backends.get(twin.model), log,
+                       stage_name=f"{STAGE}/ablation_revision_only")
+    return {"critique": read_output(done), "revision_only": read_output(res.output)}
+
+
+def _judge(cfg, axis, titles, answers, run_dir, backends, log) -> list[dict]:
+    from constitutional.stages.label import LabelConfig, Labeler
+
+    constitution = judge_constitution(axis, cfg.principles.get(axis))
+    k = cfg.judge_principles or len(constitution.choice)
+    lcfg = LabelConfig(model=cfg.judge, principles=k, debias=cfg.debias, few_shot=0,
+                       prompt_format=cfg.prompt_format, seed=cfg.seed)
+    labeler = Labeler(lcfg, constitution)
+    items = pairwise_comparisons(axis, answers)
+    stage = StageDir(run_dir, f"{STAGE}/judge/{axis}")
+    res = run_model_stage(
+        stage, config={"principles": [p.text for p in constitution.choice], "k": k,
+                       "debias": cfg.debias, "format": cfg.prompt_format, "seed": cfg.seed,
+                       "models": titles},
+        inputs={"judge": model_identity(cfg.judge.name),
+                "answers": sha256_json([sorted((pid, r["completion"]) for pid, r in a.items())
+                                        for a in answers])},
+        items=items, chunk_size=cfg.chunk_size, get_backend=lambda: backends.get(cfg.judge),
+        work=lambda b, chunk, adv: (adv(len(chunk)), labeler.label(b, chunk))[1],
+        total=len(items), unit="comparisons", log=log)
+    return read_output(res.output)
+
+
+def _evasiveness(cfg, titles, answers, run_dir, backends, log) -> list[dict]:
+    from constitutional.evals import evasiveness as ev
+
+    items = [(t, pid, r) for t, a in zip(titles, answers) for pid, r in a.items()]
+
+    def work(backend, chunk, advance):
+        ps = ev.judge(backend, [(r["messages"], r["completion"]) for _, _, r in chunk],
+                      cfg.prompt_format)
+        advance(len(chunk))
+        return [{"model": t, "id": pid, "prompt": r["prompt"], "answer": r["completion"],
+                 "p_evasive": round(p, 6), **ev.lexical_flags(r["completion"])}
+                for (t, pid, r), p in zip(chunk, ps)]
+
+    res = run_model_stage(StageDir(run_dir, f"{STAGE}/evasiveness"),
+                          config={"format": cfg.prompt_format, "question": ev.PRINCIPLE},
+                          inputs={"judge": model_identity(cfg.judge.name),
+                                  "answers": sha256_json([[t, pid, r["completion"]]
+                                                          for t, pid, r in items])},
+                          items=items, chunk_size=cfg.chunk_size,
+                          get_backend=lambda: backends.get(cfg.judge), work=work,
+                          total=len(items), unit="answers", log=log)
+    return read_output(res.output)
+
+
+def _feedback_accuracy(cfg, label, run_dir, backends, log) -> dict | None:
+    """The run's labeling method on human-labelled pairs (the accuracy of stage 2a's labels)."""
+    if not (cfg.human_pairs and label):
+        return None
+    from constitutional.comparisons import load_comparisons
+    from constitutional.constitution import load_constitution
+    from constitutional.evals.feedback_accuracy import shown, summarize as fa_summary
+    from constitutional.stages.label import Labeler, method_name
+
+    path = run_dir / STAGE / "feedback_accuracy.json"
+    key = sha256_json({"pairs": sha256_file(cfg.human_pairs), "label": label.model_dump(
+        mode="json"), "model": model_identity(label.model.name)})
+    cached = _cached(path, key)
+    if cached:
+        return cached
+    pairs = shown([c for c in load_comparisons(cfg.human_pairs)[0] if c.better is not None])
+    _, constitution = load_constitution(label.constitution)
+    labeler, backend = Labeler(label, constitution), backends.get(label.model)
+    rows = [r for i in range(0, len(pairs), 64) for r in labeler.label(backend, pairs[i:i + 64])]
+    out = {"key": key, "method": method_name(label), "file": cfg.human_pairs,
+           **fa_summary(rows, 0.0)}
+    write_json_atomic(path, out)
+    log(f"{STAGE}: feedback accuracy on {len(rows)} human-labelled pairs {out['accuracy']:.3f}")
+    return out
+
+
+def _cached(path: Path, key: str) -> dict | None:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if data.get("key") == key else None
+
+
+def _pm_numbers(cfg, run_dir, chains, titles, harm_answers, log) -> dict:
+    """Everything the run's preference model scores: the ablation chains, each model's
+    harmlessness answers, and (optionally) human-labelled pairs."""
+    pm_dir = run_dir / "pm" / "model"
+    if not pm_dir.is_dir():
+        return {}
+    from constitutional.evals.ablation import ablation
+
+    path = run_dir / STAGE / "pm_scores.json"
+    key = sha256_json({"pm": model_identity(str(pm_dir)), "chains": sha256_json(chains),
+                       "answers": sha256_json(harm_answers), "titles": titles,
+                       "pairs": sha256_file(cfg.human_pairs) if cfg.human_pairs else None})
+    cached = _cached(path, key)
+    if cached:
+        return cached
+    from constitutional.train.pm import PreferenceModel
+
+    pm = PreferenceModel(pm_dir, device=cfg.judge.device)
+    out: dict = {"key": key, "ablation": ablation(chains, pm.score)}
+    if harm_answers:
+        out["reward"] = {}
+        for t, a in zip(titles, harm_answers):
+            s = pm.score([r["messages"] for r in a.values()],
+                         [r["completion"] for r in a.values()])
+            out["reward"][t] = sum(s) / len(s) if s else None
+    if cfg.human_pairs:
+        out["pm_accuracy"] = _pm_accuracy(pm, cfg.human_pairs)
+        log(f"{STAGE}: PM accuracy on human-labelled pairs {out['pm_accuracy']['accuracy']:.3f}")
+    write_json_atomic(path, out)
+    return out
+
+
+def _pm_accuracy(pm, pairs_path: str) -> dict:
+    from constitutional.comparisons import load_comparisons
+    from constitutional.evals.metrics import bootstrap_ci
+
+    pairs = [c for c in load_comparisons(pairs_path)[0] if c.better is not None]
+    convs = [[{"role": r, "content": t} for r, t in c.conversation] for c in pairs]
+    sa = pm.score(convs, [c.a for c in pairs])
+    sb = pm.score(convs, [c.b for c in pairs])
+    hits = [1.0 if (x > y) == (c.better == 0) else 0.0 if x != y else 0.5
+            for c, x, y in zip(pairs, sa, sb)]
+    return {"n": len(hits), "accuracy": sum(hits) / len(hits), "ci95": list(bootstrap_ci(hits)),
+            "file": pairs_path}
+
+
+# -- the numbers and files -----------------------------------------------------------------
+
+def summarize(cfg, models, judged, evasive, mc, pm, feedback) -> dict:
+    from constitutional.evals import evasiveness as ev
+    from constitutional.evals.multiple_choice import summarize as mc_summary
+
+    titles = [m.title for m in models]
+    axes = {axis: axis_result(titles, rows, cfg.bootstrap, cfg.seed)
+            for axis, rows in judged.items()}
+    out = {"models": [m.model_dump() | {"label": m.title} for m in models], "axes": axes,
+           "evasiveness": {t: ev.summarize([r for r in evasive if r["model"] == t])
+                           for t in titles} if evasive else {},
+           "benchmarks": {b: {t: mc_summary(rows) for t, rows in per.items()}
+                          for b, per in mc.items()},
+           "ablation": pm.get("ablation", {}), "pm_reward": pm.get("reward", {}),
+           "pm_accuracy": pm.get("pm_accuracy"), "feedback_accuracy": feedback}
+    if {"harmlessness", "helpfulness"} <= set(axes):
+        out["frontier"] = frontier_points(models, axes)
+    return out
+
+
+def frontier_points(models: list[EvalModel], axes: dict) -> list[dict]:
+    h, p = axes["harmlessness"], axes["helpfulness"]
+    return [{"label": m.title, "harmlessness": h["elo"][i], "helpfulness": p["elo"][i],
+             "harmlessness_ci": h["ci95"][i], "helpfulness_ci": p["ci95"][i],
+             "lines": m.lines} for i, m in enumerate(models)]
+
+
+def frontier_csv(points: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["model", "lines", "harmlessness_elo", "harmlessness_lo", "harmlessness_hi",
+                "helpfulness_elo", "helpfulness_lo", "helpfulness_hi"])
+    for p in points:
+        w.writerow([p["label"], ";".join(p["lines"]), f"{p['harmlessness']:.1f}",
+                    *(f"{x:.1f}" for x in p["harmlessness_ci"]), f"{p['helpfulness']:.1f}",
+                    *(f"{x:.1f}" for x in p["helpfulness_ci"])])
+    return buf.getvalue()
+
+
+def write_outputs(folder: Path, summary: dict) -> None:
+    from constitutional.evals.plots import ablation_png, frontier_png
+
+    if summary.get("frontier"):
+        points = summary["frontier"]
+        lines = list(dict.fromkeys(x for p in points for x in p["lines"]))
+        write_atomic(folder / "frontier.csv", frontier_csv(points))
+        write_atomic(folder / "frontier.png", frontier_png(points, lines))
+    if summary.get("ablation"):
+        write_atomic(folder / "ablation.png", ablation_png(summary["ablation"]))
+    write_json_atomic(folder / "summary.json", summary)
