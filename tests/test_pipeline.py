@@ -16,6 +16,9 @@ def recipe(tmp_path, tiny, method="ppo"):
                                          for i in range(16)])
     write_jsonl(tmp_path / "help.jsonl", [{"id": f"h{i}", "prompt": f"Help me {i}"}
                                           for i in range(4)])
+    write_jsonl(tmp_path / "human.jsonl", [{"prompt": f"Human: Question {i}?", "better":
+                                            f"A kind answer {i}.", "worse": f"Go away {i}."}
+                                           for i in range(5)])
     (tmp_path / "recipe.yaml").write_text(f"""
 critique: {{prompts: red.jsonl, limit: 8, few_shot: 1, chunk_size: 4,
            sampling: {{max_tokens: 12}}}}
@@ -31,7 +34,8 @@ rl:
   ppo: {{prompts: red.jsonl, steps: 4, batch_size: 4, mini_batch_size: 2, max_new_tokens: 8,
         precision: fp32, eval_every: 2, save_every: 1}}
   dpo: {{precision: fp32, batch_size: 4, max_length: 96}}
-eval: {{limit: 3, bootstrap: 50, benchmarks: [bundled:mc_sample], chunk_size: 4}}
+eval: {{limit: 3, bootstrap: 50, benchmarks: [bundled:mc_sample], chunk_size: 4,
+       human_pairs: human.jsonl}}
 """)
     return ["run", "recipe.yaml", "--dry-run"]
 
@@ -55,6 +59,15 @@ def test_cai_run_every_stage_then_reuses_them(tmp_path, tiny_llama):
     evals = [json.loads(x) for x in (tmp_path / "run/rl/eval.jsonl").read_text().splitlines()]
     assert [e["step"] for e in evals] == [0, 2, 4]
     assert "held-out" in r.stdout and "rl/model" in r.stdout
+    # the eval stage compared base -> SL-CAI -> RL snapshot -> RL and the report was written
+    s = json.loads((tmp_path / "run/eval/summary.json").read_text())
+    assert [m["label"] for m in s["models"]] == ["base", "SL-CAI", "RL step 2", "RL-CAI"]
+    assert s["axes"]["harmlessness"]["judgements"] == 3 * 6
+    assert [p["round"] for p in s["ablation"]["revision_only"]] == [0, 1]
+    assert s["pm_accuracy"]["n"] == 5 and s["feedback_accuracy"]["n"] == 5
+    assert set(s["benchmarks"]["bundled:mc_sample"]) == {"base", "SL-CAI", "RL step 2",
+                                                         "RL-CAI"}
+    assert "report -> " in r.stdout and (tmp_path / "run/report.html").is_file()
     again = run_cai(args + ["--out", "run"], tmp_path)
     assert again.returncode == 0 and again.stdout.count("reused") >= 6
     # a retrained SL-CAI model (same path, new weights) invalidates what was made with it

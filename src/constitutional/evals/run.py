@@ -150,7 +150,8 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
                          field="eval.models")
     if len(set(map(slug, titles))) < len(titles):
         raise InputError("two models share a label", field="eval.models")
-    keep = {cfg.judge.name} | ({critique.model.name} if critique else set())
+    keep = {cfg.judge.name} | ({critique.model.name} if critique else set()) | \
+        ({label.model.name} if label and cfg.human_pairs else set())
     backends = Backends(load_backend, keep)
     answers = {axis: [] for axis in cfg.axes}
     mc: dict[str, dict[str, list[dict]]] = {}
