@@ -8,6 +8,7 @@ import pytest
 
 from constitutional.artifacts import read_output
 from constitutional.errors import InputError
+from constitutional.jsonio import sha256_file
 from constitutional.train.sft_data import helpful_examples, mix, revision_examples
 from conftest import run_cai, write_jsonl
 
@@ -171,6 +172,12 @@ def test_export_both_shapes_with_a_card(tmp_path):
     card = (out / "README.md").read_text()
     assert "harmless v1" in card and "`smollm2-135m`" in card and "flagged rows left out" in card
     assert "data_files: pairs.parquet" in card
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["rows"] == 2
+    assert m["inputs"]["critique"] == sha256_file(tmp_path / "run/critique/output.jsonl")
+    assert set(m["files"]) == {"sft.jsonl", "pairs.jsonl", "sft.parquet", "pairs.parquet",
+                               "README.md"}
+    assert m["files"]["sft.jsonl"] == sha256_file(out / "sft.jsonl")
 
 
 def test_sl_cai_pipeline_end_to_end_and_resumed(tmp_path, tiny_llama):

@@ -15,10 +15,10 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from constitutional.artifacts import StageDir, read_output
+from constitutional.artifacts import MANIFEST, StageDir, package_versions, read_output
 from constitutional.constitution import load_constitution
 from constitutional.errors import InputError
-from constitutional.jsonio import write_atomic, write_jsonl_atomic
+from constitutional.jsonio import sha256_file, write_atomic, write_json_atomic, write_jsonl_atomic
 
 
 def sft_row(r: dict) -> dict:
@@ -60,6 +60,13 @@ def export_revisions(run_dir: str | Path, out_dir: str | Path | None = None,
     counts = {"rows": len(rows), "exported": len(kept),
               "flags": dict(Counter(f for r in rows for f in r["flags"]))}
     write_atomic(out / "README.md", dataset_card(manifest, counts, include_flagged, parquet))
+    # written last: its presence with status complete means every file above is whole
+    files = sorted(f for f in out.iterdir() if f.is_file() and f.name != MANIFEST)
+    write_json_atomic(out / MANIFEST, {
+        "stage": "export", "status": "complete", "rows": len(kept),
+        "inputs": {"critique": manifest.get("output_sha256") or sha256_file(stage.output)},
+        "config": {"include_flagged": include_flagged, "parquet": parquet}, "counts": counts,
+        "files": {f.name: sha256_file(f) for f in files}, "versions": package_versions()})
     return counts
 
 
