@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.cai-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install browser demo test test-fast bench clean
+.PHONY: install browser demo self-align test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ demo: $(STAMP)
 	# multiple-choice set) and the report, whose path is printed last.
 	$(BIN)/cai run configs/quickstart.yaml --out runs/quickstart
 
+# SELF-ALIGN on the embedded model (configs/self_align.yaml): self-instruct, topic-guided
+# red-teaming, principle-driven answers, principle engraving, verbose cloning, report.
+self-align: $(STAMP)
+	$(BIN)/cai run configs/self_align.yaml --out runs/self_align
+
 # Debian's Chromium and ChromeDriver, for the test that opens report.html in a headless browser.
 browser:
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
@@ -55,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/critique.py
 	$(BIN)/python bench/label.py
+	$(BIN)/python bench/dedup.py
 	$(BIN)/python bench/train.py
 
 clean:

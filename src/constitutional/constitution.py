@@ -21,7 +21,7 @@ from pydantic import AfterValidator, Field, ValidationError, model_validator
 from constitutional.config import StrictModel, load_yaml, validation_error
 from constitutional.errors import InputError
 
-BUNDLED = {"harmless": "harmless.yaml"}
+BUNDLED = {"harmless": "harmless.yaml", "self_align": "self_align.yaml"}
 
 
 def _nonblank(text: str) -> str:
@@ -91,6 +91,29 @@ class Exemplars(StrictModel):
         return self
 
 
+class SelfAlignPrinciple(StrictModel):
+    name: Text = Field(description="Short label the internal thoughts cite, e.g. 'candor'.")
+    text: Text
+
+
+class SelfAlignExemplar(StrictModel):
+    """A worked example: the assistant names the principles that apply, then answers."""
+    user: Text
+    thoughts: Text = Field(description="Internal thoughts: which principles apply and why.")
+    answer: Text
+
+
+class SelfAlign(StrictModel):
+    """SELF-ALIGN's principle-driven prompt: preamble, principles, exemplars, and the prompt
+    that asks the engraved model for thorough answers (verbose cloning)."""
+    assistant: Text = Field("Watson", description="The assistant's name in the prompt.")
+    preamble: Text
+    principles: list[SelfAlignPrinciple] = Field(min_length=1)
+    exemplars: list[SelfAlignExemplar] = Field(min_length=1)
+    verbose_prompt: Text = Field(description="Put before each instruction for verbose "
+                                 "cloning; never in the training prompts.")
+
+
 class Constitution(StrictModel):
     name: Text
     version: str = "1"
@@ -98,12 +121,14 @@ class Constitution(StrictModel):
     critique_revision: list[CritiqueRevisionPrinciple] = Field(default_factory=list)
     choice: list[ChoicePrinciple] = Field(default_factory=list)
     exemplars: Exemplars = Field(default_factory=Exemplars)
+    self_align: SelfAlign | None = Field(None, description="SELF-ALIGN's principles and "
+                                         "exemplars.")
 
     @model_validator(mode="after")
     def _has_principles(self):
-        if not self.critique_revision and not self.choice:
+        if not self.critique_revision and not self.choice and not self.self_align:
             raise ValueError("a constitution needs principles: `critique_revision` pairs, "
-                             "`choice` principles, or both")
+                             "`choice` principles or a `self_align` section")
         for kind in ("critique_revision", "choice"):
             names = [p.name for p in getattr(self, kind)]
             dup = next((n for n in names if names.count(n) > 1), None)
@@ -111,7 +136,8 @@ class Constitution(StrictModel):
                 raise ValueError(f"{kind}: principle name {dup!r} is used twice")
         return self
 
-    def require(self, kind: Literal["critique_revision", "choice"], source: str = "") -> None:
+    def require(self, kind: Literal["critique_revision", "choice", "self_align"],
+                source: str = "") -> None:
         if not getattr(self, kind):
             raise InputError(f"constitution '{self.name}' has no `{kind}` principles, which "
                              "this stage needs", path=source or None)

@@ -34,11 +34,16 @@ class PromptRow:
 
 
 def resolve_prompts_path(spec: str) -> Path:
+    return bundled_data_path(spec, BUNDLED, "prompt set")
+
+
+def bundled_data_path(spec: str, table: dict[str, str], kind: str) -> Path:
+    """`bundled:<key>` -> the packaged file `data/<table[key]>`; anything else is a path."""
     if spec.startswith("bundled:"):
         key = spec.split(":", 1)[1]
-        if key not in BUNDLED:
-            raise InputError(f"unknown bundled prompt set '{key}' (have: {', '.join(BUNDLED)})")
-        return Path(str(resources.files("constitutional") / "data" / BUNDLED[key]))
+        if key not in table:
+            raise InputError(f"unknown bundled {kind} '{key}' (have: {', '.join(table)})")
+        return Path(str(resources.files("constitutional") / "data" / table[key]))
     return Path(spec)
 
 

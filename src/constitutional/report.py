@@ -95,6 +95,7 @@ def write_report(run_dir: str | Path, samples: int = 4) -> tuple[Path, Path]:
         benchmark_section(doc, summary)
     if summary:
         samples_section(doc, run, summary, samples)
+    selfalign_section(doc, run, samples)
     provenance_section(doc, run, samples)
     md, page = "\n".join(doc.md) + "\n", render_html(run.resolve().name, doc.html)
     write_atomic(run / "report.md", md)
@@ -251,6 +252,53 @@ def samples_section(doc: Doc, run: Path, s: dict, n: int) -> None:
         doc.table(["prompt", *models],
                   [[answers[0][pid]["prompt"], *[a[pid]["completion"].strip() for a in answers]]
                    for pid in ids], "samples")
+
+
+def selfalign_section(doc: Doc, run: Path, n: int) -> None:
+    path = run / "self_align" / "output.jsonl"
+    if not path.is_file():
+        return
+    rows = read_output(path)
+    doc.heading("SELF-ALIGN")
+    sources = sorted({r["source"] for r in rows})
+    doc.para("Instructions by source and the principle-driven answers kept (an answer is "
+             "dropped when it is missing, empty, copies the prompt's exemplars or runs on).")
+    doc.table(["source", "instructions", "answers kept"],
+              [[src, sum(r["source"] == src for r in rows),
+                sum(r["source"] == src and r["ok"] for r in rows)] for src in sources])
+    filters = []
+    for stage, key in (("self_instruct", "counts"), ("instructions", "redteam_counts")):
+        counts = (_json(run / stage / MANIFEST) or {}).get(key) or {}
+        filters += [[stage if stage == "self_instruct" else "redteam", reason, c]
+                    for reason, c in sorted(counts.items())]
+    drops: dict[str, int] = {}
+    for r in rows:
+        drops[r["drop"] or "kept"] = drops.get(r["drop"] or "kept", 0) + 1
+    filters += [["self_align answers", reason, c] for reason, c in sorted(drops.items())]
+    doc.heading("Counts at every filter", 3)
+    doc.table(["stage", "outcome", "count"], filters)
+    doc.heading("Principles invoked in the internal thoughts", 3)
+    names = list(dict.fromkeys(p for r in rows for p in r["principles"]))
+    per = {src: [r for r in rows if r["source"] == src] for src in sources}
+    doc.table(["principle", *[f"{s} (of {len(per[s])})" for s in sources]],
+              [[name, *[sum(name in r["principles"] for r in per[s]) for s in sources]]
+               for name in sorted(names, key=lambda x: -sum(x in r["principles"]
+                                                            for r in rows))])
+    answers = {tag: {r["id"]: r for r in read_output(p)} for tag in ("engraved", "verbose_model")
+               if (p := run / "selfalign_samples" / tag / "output.jsonl").is_file()}
+    held = [r for r in rows if any(r["id"] in a for a in answers.values())][:n]
+    if held:
+        doc.heading("Before and after: held-out instructions", 3)
+        doc.para("The base model with the principles and exemplars in its prompt, then the "
+                 "engraved and the verbose-cloned models with no principles at all.")
+        for r in held:
+            blocks = [("Instruction", r["instruction"]), ("Prompted base: thoughts",
+                                                          r["thoughts"] or "-"),
+                      ("Prompted base: answer", r["answer"] or "(none)")]
+            blocks += [(f"{tag}, no prompt", a[r["id"]]["completion"] or "(empty)")
+                       for tag, a in answers.items()]
+            note = f" (prompted answer dropped: {r['drop']})" if r["drop"] else ""
+            doc.details(f"{r['id']}: {r['instruction'][:80]}{note}", blocks)
 
 
 def provenance_section(doc: Doc, run: Path, n: int) -> None:

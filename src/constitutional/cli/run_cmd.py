@@ -38,7 +38,8 @@ def run_cmd(
     cfg = load_config(RecipeConfig, config, overrides,
                       flags(critique__model__backend=fake, pairs__model__backend=fake,
                             label__model__backend=fake, eval__judge__backend=fake,
-                            eval__answer_model__backend=fake))
+                            eval__answer_model__backend=fake,
+                            selfalign__model__backend=fake))
     if model:
         set_model(cfg, model)
     select(cfg.stages, start, until)

@@ -27,6 +27,7 @@ from constitutional.artifacts import StageResult
 from constitutional.config import StrictModel
 from constitutional.errors import InputError
 from constitutional.evals.run import EvalConfig
+from constitutional.selfalign.pipeline import SelfAlignConfig
 from constitutional.stages.label import LabelConfig
 from constitutional.stages.pairs import PairsConfig
 from constitutional.stages.sl_cai import SLCAIConfig
@@ -36,6 +37,7 @@ from constitutional.train.pm import PMTrainConfig
 from constitutional.train.ppo import PPOConfig
 
 STAGES = ["sl-cai", "pairs", "label", "pm", "rl", "eval", "report"]
+SELF_ALIGN_STAGES = ["self-instruct", "redteam", "self-align", "engrave", "verbose"]
 NEEDS_SL_MODEL = {"pairs", "label", "pm", "rl"}
 
 
@@ -51,13 +53,16 @@ class RLConfig(StrictModel):
 
 class RecipeConfig(SLCAIConfig):
     """A full recipe: SL-CAI's sections plus the RL-CAI stages."""
-    stages: list[Literal["sl-cai", "pairs", "label", "pm", "rl", "eval", "report"]] = Field(
+    stages: list[Literal["sl-cai", "pairs", "label", "pm", "rl", "eval", "report",
+                         "self-instruct", "redteam", "self-align", "engrave", "verbose"]] = Field(
         default_factory=lambda: list(STAGES), description="Stages this recipe runs, in order.")
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     label: LabelConfig = Field(default_factory=LabelConfig)
     pm: PMTrainConfig = Field(default_factory=PMTrainConfig)
     rl: RLConfig = Field(default_factory=RLConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    selfalign: SelfAlignConfig = Field(default_factory=SelfAlignConfig, description="SELF-ALIGN"
+                                       " (stages self-instruct ... verbose).")
 
 
 def select(stages: list[str], start: str | None, until: str | None) -> list[str]:
@@ -83,6 +88,7 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
     run_dir = Path(run_dir)
     sl_model = run_dir / "sl_model" / "model"
     results: list[StageResult] = []
+    self_align_cache: dict = {}           # the SELF-ALIGN base model, loaded once
     for name in select(cfg.stages, start, until):
         if name in NEEDS_SL_MODEL and not sl_model.is_dir():
             raise InputError("no SL-CAI model in this run yet: run the sl-cai stage first",
@@ -110,6 +116,10 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
                                     base=cfg.sft.model.name, rl_method=cfg.rl.method))
         elif name == "report":
             results.append(run_report(run_dir))
+        elif name in SELF_ALIGN_STAGES:
+            from constitutional.selfalign.pipeline import run_self_align_stage
+            results += run_self_align_stage(name, cfg.selfalign, run_dir, load_backend, log,
+                                            self_align_cache)
         gc.collect()                      # release the stage's models before the next
     return results
 

@@ -1,0 +1,97 @@
+"""SELF-ALIGN stage 2: principle-driven answers, parsed and filtered, and their statistics.
+
+The prompt is the constitution's `self_align` section: the preamble, the numbered principles,
+the exemplars (the user's request, the assistant's internal thoughts naming the principles,
+the answer), then the new instruction and "Watson (internal thoughts):". The model writes its
+thoughts and then "Watson: <answer>"; the two are parsed apart. An answer is dropped, with
+its reason counted, when it is empty or missing, repeats text of an exemplar or a principle
+(the model copied the prompt instead of answering), or runs on into further turns.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Sequence
+
+from constitutional.constitution import SelfAlign
+
+TURN_STOPS = ("\nUser:", "\n\nUser", "\n### User")
+LEAK_NGRAM = 8            # words an answer may not share in a row with the prompt's text
+
+
+def rules_text(sa: SelfAlign) -> str:
+    return "\n".join(f"{i + 1} ({p.name}). {p.text}" for i, p in enumerate(sa.principles))
+
+
+def principled_prompt(sa: SelfAlign, instruction: str) -> str:
+    a = sa.assistant
+    shots = "".join(f"User: {ex.user}\n\n{a} (internal thoughts): {ex.thoughts}\n\n"
+                    f"{a}: {ex.answer}\n\n" for ex in sa.exemplars)
+    return (f"{sa.preamble}\n\nRules:\n{rules_text(sa)}\n\n{shots}User: {instruction}\n\n"
+            f"{a} (internal thoughts):")
+
+
+def parse(sa: SelfAlign, completion: str) -> tuple[str, str | None, bool]:
+    """(thoughts, answer or None, ran_on): the answer follows "\\n<assistant>:"; text after a
+    new turn marker is cut and reported."""
+    text, ran_on = completion, False
+    for stop in TURN_STOPS:
+        i = text.find(stop)
+        if i >= 0:
+            text, ran_on = text[:i], True
+    m = re.search(rf"\n\s*{re.escape(sa.assistant)}\s*:", text)
+    if not m:
+        return text.strip(), None, ran_on
+    answer = text[m.end():]
+    if re.search(rf"\n\s*{re.escape(sa.assistant)}\s*(\(internal thoughts\))?\s*:", answer):
+        ran_on = True                # a second assistant turn inside the answer
+    return text[:m.start()].strip(), answer.strip(), ran_on
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def prompt_ngrams(sa: SelfAlign) -> set[tuple[str, ...]]:
+    parts = [sa.preamble, *(p.text for p in sa.principles)]
+    parts += [x for ex in sa.exemplars for x in (ex.user, ex.thoughts, ex.answer)]
+    return set().union(*(_ngrams(t, LEAK_NGRAM) for t in parts))
+
+
+def drop_reason(answer: str | None, ran_on: bool, finish_reason: str,
+                leaks: set[tuple[str, ...]]) -> str | None:
+    if answer is None:
+        return "no_answer"
+    if not answer.strip():
+        return "empty"
+    if _ngrams(answer, LEAK_NGRAM) & leaks:
+        return "leaked_exemplar"
+    if ran_on or finish_reason == "length":
+        return "runaway"
+    return None
+
+
+def cited_principles(sa: SelfAlign, thoughts: str) -> list[str]:
+    """Principles the thoughts invoke, by name or by rule number."""
+    low = thoughts.lower()
+    out = []
+    for i, p in enumerate(sa.principles):
+        if re.search(rf"\b{re.escape(p.name.lower())}\b", low) or \
+                re.search(rf"\brules?\s+{i + 1}\b|\b{i + 1}\s*\({re.escape(p.name.lower())}",
+                          low):
+            out.append(p.name)
+    return out
+
+
+def principle_stats(sa: SelfAlign, rows: Sequence[dict]) -> dict:
+    """How often each principle is invoked, per instruction source (as the paper's figure)."""
+    by_source: dict[str, Counter] = {}
+    totals: Counter = Counter()
+    for r in rows:
+        by_source.setdefault(r["source"], Counter()).update(r["principles"])
+        totals[r["source"]] += 1
+    return {"answers": dict(totals),
+            "invoked": {src: {p.name: c[p.name] for p in sa.principles}
+                        for src, c in by_source.items()}}
