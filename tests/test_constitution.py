@@ -213,6 +213,13 @@ def test_paper_folder_errors_name_the_file_and_entry(tmp_path):
 def test_cli_validate_and_show(tmp_path):
     ok = run_cai(["constitution", "validate", "bundled:harmless"], tmp_path)
     assert ok.returncode == 0 and "16 critique/revision pairs, 16 choice principles" in ok.stdout
+    sa = run_cai(["constitution", "validate", "bundled:self_align"], tmp_path)
+    assert sa.returncode == 0 and "SELF-ALIGN: 16 principles, 5 exemplars" in sa.stdout
+    # a self_align section with no exemplars is refused, naming the field
+    broken = write(tmp_path, "name: x\nself_align:\n  preamble: p\n  verbose_prompt: v\n"
+                   "  principles: [{name: a, text: b}]\n  exemplars: []\n", "sa.yaml")
+    res = run_cai(["constitution", "validate", str(broken)], tmp_path)
+    assert res.returncode == 2 and "self_align.exemplars" in res.stderr, res.stderr
     bad = write(tmp_path, GOOD.replace("    revision: Remove what is harmful.\n", ""))
     res = run_cai(["constitution", "validate", str(bad)], tmp_path)
     assert res.returncode == 2

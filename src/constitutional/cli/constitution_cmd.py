@@ -48,10 +48,17 @@ def show_cmd(source: str = typer.Argument(..., help=SOURCE_HELP),
         for p in c.choice:
             table.add_row(p.name, p.text)
         out.print(table)
+    if c.self_align:
+        table = Table("#", "name", "principle", title="SELF-ALIGN principles")
+        for i, p in enumerate(c.self_align.principles):
+            table.add_row(str(i + 1), p.name, p.text)
+        out.print(table)
 
 
 def _counts(c) -> str:
     ex = c.exemplars
     return (f"{len(c.critique_revision)} critique/revision pairs, {len(c.choice)} choice "
             f"principles, exemplars: {len(ex.critique_revision)} critique/revision, "
-            f"{len(ex.choice)} choice, {len(ex.choice_cot)} chain-of-thought")
+            f"{len(ex.choice)} choice, {len(ex.choice_cot)} chain-of-thought" +
+            (f"; SELF-ALIGN: {len(c.self_align.principles)} principles, "
+             f"{len(c.self_align.exemplars)} exemplars" if c.self_align else ""))
