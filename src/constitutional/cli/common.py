@@ -43,7 +43,7 @@ def flags(**kw) -> dict:
 
 def check_model(model_cfg) -> None:
     """Fail fast on an unknown model name, before any work starts."""
-    if model_cfg.backend != "fake":
+    if model_cfg.backend in ("transformers", "vllm"):     # `openai`: the server's model id
         from constitutional.models import resolve_model
         resolve_model(model_cfg.name, prepare=False)
 

@@ -92,8 +92,13 @@ def run_label(cfg: LabelConfig, run_dir: str | Path, get_backend: Callable[[], o
     stage_cfg = cfg.model_dump(exclude={"model": {"batch_size", "score_batch_tokens"},
                                         "chunk_size": True, "log_calls": True, "pairs": True})
     def work(backend, chunk: list[Comparison], advance) -> list[dict]:
+        missing = getattr(backend, "stats", {}).get("missing_options", 0)
         out = labeler.label(backend, chunk)
         advance(len(chunk))
+        now = getattr(backend, "stats", {}).get("missing_options", 0)
+        if now > missing:     # an option outside the server's top-k log-probabilities
+            log(f"{STAGE}: {now - missing} options missing from the server's top-k; each "
+                "got the k-th log-probability (an upper bound)")
         return out
 
     return run_model_stage(stage, config=stage_cfg,
