@@ -267,3 +267,17 @@ selfalign:
     md = (run / "report.md").read_text()
     assert "## SELF-ALIGN" in md and "| helpful |" in md and "| candor |" in md
     assert re.search(r"\| redteam \| \d+ \|", md)
+
+
+def test_principle_stats_and_drop_counts_by_hand():
+    from constitutional.selfalign.principled import drop_counts, principle_stats
+
+    rows = [{"source": "redteam", "principles": ["candor", "ethical"], "drop": None},
+            {"source": "redteam", "principles": ["candor"], "drop": "runaway"},
+            {"source": "self_instruct", "principles": ["helpful", "ethical"], "drop": None}]
+    s = principle_stats(rows)
+    assert s["answers"] == {"redteam": 2, "self_instruct": 1}
+    assert s["invoked"] == {"redteam": {"candor": 2, "ethical": 1},
+                            "self_instruct": {"helpful": 1, "ethical": 1}}
+    assert s["order"] == ["candor", "ethical", "helpful"]
+    assert drop_counts(rows) == {"kept": 2, "runaway": 1}

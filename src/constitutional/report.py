@@ -238,11 +238,12 @@ def benchmark_section(doc: Doc, s: dict) -> None:
 
 
 def samples_section(doc: Doc, run: Path, s: dict, n: int) -> None:
+    from constitutional.evals.run import slug
+
     models = [m["label"] for m in s.get("models", [])]
     for axis in s.get("axes", {}):
         answers = []
         for t in models:
-            from constitutional.evals.run import slug
             p = run / "eval" / "answers" / slug(t) / axis / "output.jsonl"
             answers.append({r["id"]: r for r in read_output(p)} if p.is_file() else {})
         ids = [pid for pid in answers[0] if all(pid in a for a in answers)][:n]
@@ -255,6 +256,8 @@ def samples_section(doc: Doc, run: Path, s: dict, n: int) -> None:
 
 
 def selfalign_section(doc: Doc, run: Path, n: int) -> None:
+    from constitutional.selfalign.principled import drop_counts, principle_stats
+
     path = run / "self_align" / "output.jsonl"
     if not path.is_file():
         return
@@ -271,19 +274,15 @@ def selfalign_section(doc: Doc, run: Path, n: int) -> None:
         counts = (_json(run / stage / MANIFEST) or {}).get(key) or {}
         filters += [[stage if stage == "self_instruct" else "redteam", reason, c]
                     for reason, c in sorted(counts.items())]
-    drops: dict[str, int] = {}
-    for r in rows:
-        drops[r["drop"] or "kept"] = drops.get(r["drop"] or "kept", 0) + 1
-    filters += [["self_align answers", reason, c] for reason, c in sorted(drops.items())]
+    filters += [["self_align answers", reason, c]
+                for reason, c in sorted(drop_counts(rows).items())]
     doc.heading("Counts at every filter", 3)
     doc.table(["stage", "outcome", "count"], filters)
     doc.heading("Principles invoked in the internal thoughts", 3)
-    names = list(dict.fromkeys(p for r in rows for p in r["principles"]))
-    per = {src: [r for r in rows if r["source"] == src] for src in sources}
-    doc.table(["principle", *[f"{s} (of {len(per[s])})" for s in sources]],
-              [[name, *[sum(name in r["principles"] for r in per[s]) for s in sources]]
-               for name in sorted(names, key=lambda x: -sum(x in r["principles"]
-                                                            for r in rows))])
+    stats = principle_stats(rows)
+    doc.table(["principle", *[f"{s} (of {stats['answers'][s]})" for s in sources]],
+              [[name, *[stats["invoked"][s].get(name, 0) for s in sources]]
+               for name in stats["order"]])
     answers = {tag: {r["id"]: r for r in read_output(p)} for tag in ("engraved", "verbose_model")
                if (p := run / "selfalign_samples" / tag / "output.jsonl").is_file()}
     held = [r for r in rows if any(r["id"] in a for a in answers.values())][:n]

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from constitutional.backends.base import Backend, Completion, Prompt, Sampling
 
-__all__ = ["Backend", "Completion", "Prompt", "Sampling", "load_backend", "BACKENDS"]
+__all__ = ["Backend", "BackendCache", "Completion", "Prompt", "Sampling", "load_backend",
+           "BACKENDS"]
 
 # name -> "module:factory"; a new engine (vLLM, an OpenAI-compatible server) is one line here.
 BACKENDS = {
@@ -24,3 +25,36 @@ def load_backend(model_cfg, log=print) -> Backend:
 
     module, _, factory = BACKENDS[model_cfg.backend].partition(":")
     return getattr(importlib.import_module(module), factory).from_config(model_cfg, log=log)
+
+
+class BackendCache:
+    """Backends of one run, each model loaded once: keyed by the model config (batch sizes
+    aside, they do not change the model). Stages that fine-tune call `release()` first."""
+
+    def __init__(self, load):
+        self.load = load                    # ModelConfig -> Backend
+        self.cache: dict[str, Backend] = {}
+
+    @staticmethod
+    def key(model_cfg) -> str:
+        return model_cfg.model_dump_json(exclude={"batch_size", "score_batch_tokens"})
+
+    def get(self, model_cfg) -> Backend:
+        key = self.key(model_cfg)
+        if key not in self.cache:
+            self.cache[key] = self.load(model_cfg)
+        return self.cache[key]
+
+    def loader(self, model_cfg):
+        """A `get_backend` for a stage: loads only if the stage has work to do."""
+        return lambda: self.get(model_cfg)
+
+    def release(self, model_cfg=None) -> None:
+        """Free one model (or all of them)."""
+        import gc
+
+        if model_cfg is None:
+            self.cache.clear()
+        else:
+            self.cache.pop(self.key(model_cfg), None)
+        gc.collect()

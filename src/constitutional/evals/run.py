@@ -17,7 +17,6 @@ from them are recomputed from the stage outputs each time (cheap and determinist
 from __future__ import annotations
 
 import csv
-import gc
 import io
 import re
 from pathlib import Path
@@ -115,25 +114,6 @@ def run_models(run_dir: Path, base: str | None, rl_method: str = "ppo") -> list[
     return out
 
 
-class Backends:
-    """Each model loaded once; `keep` names the ones a later step still needs."""
-
-    def __init__(self, load: Callable[[ModelConfig], object], keep: set[str]):
-        self.load, self.keep, self.cache = load, keep, {}
-
-    def get(self, cfg: ModelConfig):
-        key = (cfg.name, cfg.backend)
-        if key not in self.cache:
-            self.cache[key] = self.load(cfg)
-        return self.cache[key]
-
-    def release(self, cfg: ModelConfig | None = None) -> None:
-        for key in list(self.cache):
-            if cfg is None or (key == (cfg.name, cfg.backend) and cfg.name not in self.keep):
-                del self.cache[key]
-        gc.collect()
-
-
 def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
              log: Callable[[str], None] = print, critique=None, label=None,
              base: str | None = None, rl_method: str = "ppo") -> StageResult:
@@ -150,9 +130,12 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
                          field="eval.models")
     if len(set(map(slug, titles))) < len(titles):
         raise InputError("two models share a label", field="eval.models")
+    from constitutional.backends import BackendCache
+
+    # the judge, the helpful model and the feedback model have later uses: kept loaded
     keep = {cfg.judge.name} | ({critique.model.name} if critique else set()) | \
         ({label.model.name} if label and cfg.human_pairs else set())
-    backends = Backends(load_backend, keep)
+    backends = BackendCache(load_backend)
     answers = {axis: [] for axis in cfg.axes}
     mc: dict[str, dict[str, list[dict]]] = {}
     for m in models:
@@ -161,7 +144,8 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
             answers[axis].append(_answers(cfg, axis, m, mcfg, run_dir, backends, log))
         for bench in cfg.benchmarks:
             mc.setdefault(bench, {})[m.title] = _mc(bench, m, mcfg, run_dir, backends, log)
-        backends.release(mcfg)
+        if m.name not in keep:
+            backends.release(mcfg)
     chains = _ablation_chains(cfg, critique, run_dir, backends, log)
     judged = {axis: _judge(cfg, axis, titles, answers[axis], run_dir, backends, log)
               for axis in cfg.axes}
@@ -179,12 +163,21 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
 
 # -- model stages ------------------------------------------------------------------------
 
+def counted(fn: Callable):
+    """`fn(backend, chunk)` as a stage's work: the progress bar advances by the chunk."""
+    def work(backend, chunk, advance):
+        out = fn(backend, chunk)
+        advance(len(chunk))
+        return out
+    return work
+
+
 def _answers(cfg, axis, m: EvalModel, mcfg, run_dir, backends, log) -> dict[str, dict]:
     from constitutional.stages.generate import run_generate
 
     gen = GenerateConfig(model=mcfg, prompts=cfg.prompts[axis], limit=cfg.limit,
                          sampling=cfg.sampling, system_prompt=cfg.system_prompt)
-    res = run_generate(gen, run_dir, lambda: backends.get(mcfg), log,
+    res = run_generate(gen, run_dir, backends.loader(mcfg), log,
                        stage_name=f"{STAGE}/answers/{slug(m.title)}/{axis}")
     return {r["id"]: r for r in read_output(res.output) if r["sample"] == 0}
 
@@ -199,8 +192,8 @@ def _mc(bench: str, m: EvalModel, mcfg, run_dir, backends, log) -> list[dict]:
     res = run_model_stage(stage, config={"benchmark": path.name},
                           inputs={"benchmark": sha256_file(path),
                                   "model": model_identity(m.name)},
-                          items=items, chunk_size=64, get_backend=lambda: backends.get(mcfg),
-                          work=lambda b, chunk, adv: (adv(len(chunk)), score(b, chunk))[1],
+                          items=items, chunk_size=64, get_backend=backends.loader(mcfg),
+                          work=counted(score),
                           total=len(items), unit="questions", log=log)
     return read_output(res.output)
 
@@ -212,7 +205,7 @@ def _ablation_chains(cfg, critique, run_dir, backends, log) -> dict[str, list[di
     if not (cfg.ablation and critique and done.is_file()):
         return {}
     twin = critique.model_copy(update={"mode": "revision_only"})
-    res = run_critique(twin, run_dir, lambda: backends.get(twin.model), log,
+    res = run_critique(twin, run_dir, backends.loader(twin.model), log,
                        stage_name=f"{STAGE}/ablation_revision_only")
     return {"critique": read_output(done), "revision_only": read_output(res.output)}
 
@@ -234,8 +227,8 @@ def _judge(cfg, axis, titles, answers, run_dir, backends, log) -> list[dict]:
         inputs={"judge": model_identity(cfg.judge.name),
                 "answers": sha256_json([sorted((pid, r["completion"]) for pid, r in a.items())
                                         for a in answers])},
-        items=items, chunk_size=cfg.chunk_size, get_backend=lambda: backends.get(cfg.judge),
-        work=lambda b, chunk, adv: (adv(len(chunk)), labeler.label(b, chunk))[1],
+        items=items, chunk_size=cfg.chunk_size, get_backend=backends.loader(cfg.judge),
+        work=counted(labeler.label),
         total=len(items), unit="comparisons", log=log)
     return read_output(res.output)
 
@@ -259,7 +252,7 @@ def _evasiveness(cfg, titles, answers, run_dir, backends, log) -> list[dict]:
                                   "answers": sha256_json([[t, pid, r["completion"]]
                                                           for t, pid, r in items])},
                           items=items, chunk_size=cfg.chunk_size,
-                          get_backend=lambda: backends.get(cfg.judge), work=work,
+                          get_backend=backends.loader(cfg.judge), work=work,
                           total=len(items), unit="answers", log=log)
     return read_output(res.output)
 

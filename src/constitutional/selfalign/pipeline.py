@@ -15,7 +15,6 @@ The base model is loaded once for the generation stages and released before trai
 
 from __future__ import annotations
 
-import gc
 import random
 import time
 from pathlib import Path
@@ -23,11 +22,12 @@ from typing import Callable
 
 from pydantic import Field
 
-from constitutional.artifacts import (StageDir, StageResult, model_identity, package_versions,
-                                      read_output, run_model_stage)
+from constitutional.artifacts import (OUTPUT, StageDir, StageResult, model_identity,
+                                      package_versions, read_output, run_model_stage)
+from constitutional.backends import BackendCache
 from constitutional.backends.base import Sampling
 from constitutional.config import ModelConfig, SamplingConfig, StrictModel
-from constitutional.jsonio import sha256_json, write_atomic, write_jsonl_atomic
+from constitutional.jsonio import sha256_json, write_jsonl_atomic
 from constitutional.selfalign import instructions as ins
 from constitutional.selfalign import principled as pr
 from constitutional.train.sft import SFTTrainConfig
@@ -123,7 +123,7 @@ def run_self_instruct(cfg: SelfAlignConfig, run_dir: Path, get_backend,
     while len(kept) < si.target and r < si.max_rounds:
         rows = _self_instruct_round(si, cfg.seed, r, seeds, [k["instruction"] for k in kept],
                                     get_backend(), index, counts)
-        write_atomic(stage.shards / f"{r:05d}.jsonl", _jsonl(rows))
+        write_jsonl_atomic(stage.shards / f"{r:05d}.jsonl", rows)
         kept += [x for x in rows if x["status"] == "kept"]
         log(f"self_instruct round {r + 1}: {len(kept)}/{si.target} kept")
         r += 1
@@ -150,11 +150,6 @@ def _self_instruct_round(si, seed, r, seeds, new, backend, index, counts) -> lis
         rows += [{"round": r, "instruction": t, "status": s}
                  for t, s in ins.screen(parsed, index, counts)]
     return rows
-
-
-def _jsonl(rows: list[dict]) -> str:
-    from constitutional.jsonio import dumps_row
-    return "".join(dumps_row(x) + "\n" for x in rows)
 
 
 def run_redteam(cfg: SelfAlignConfig, run_dir: Path, get_backend,
@@ -228,8 +223,6 @@ def merge_instructions(cfg: SelfAlignConfig, run_dir: Path) -> StageResult:
                           "redteam_counts": counts})
     return StageResult(stage.name, stage.output, len(rows), 0.0, False)
 
-
-OUTPUT = "output.jsonl"
 
 
 # -- principle-driven self-alignment ---------------------------------------------------------
@@ -320,18 +313,11 @@ def run_answers(name: str, model_cfg: ModelConfig, rows: list[dict], system: str
 
 
 def run_self_align_stage(name: str, cfg: SelfAlignConfig, run_dir: Path,
-                         load_backend: Callable, log, cache: dict | None = None
-                         ) -> list[StageResult]:
-    """One recipe stage of SELF-ALIGN (`cai run` calls these in order). `cache` holds the
-    base model's backend across the generation stages, so it is loaded once per run; the
-    training stages release it first."""
+                         backends: BackendCache, log) -> list[StageResult]:
+    """One recipe stage of SELF-ALIGN (`cai run` calls these in order with one cache, so the
+    base model is loaded once for the three generation stages; training releases it)."""
     run_dir = Path(run_dir)
-    cache = {} if cache is None else cache
-
-    def base():
-        if "base" not in cache:
-            cache["base"] = load_backend(cfg.model)
-        return cache["base"]
+    base = backends.loader(cfg.model)
 
     if name == "self-instruct":
         return [run_self_instruct(cfg, run_dir, base, log)]
@@ -342,12 +328,11 @@ def run_self_align_stage(name: str, cfg: SelfAlignConfig, run_dir: Path,
         if not (run_dir / "instructions" / OUTPUT).is_file():
             merge_instructions(cfg, run_dir)
         return [run_principled(cfg, run_dir, base, log)]
-    cache.pop("base", None)       # free the base model before fine-tuning
-    gc.collect()
-    return _train_stage(name, cfg, run_dir, load_backend, log, cache)
+    backends.release(cfg.model)   # free the base model before fine-tuning
+    return _train_stage(name, cfg, run_dir, backends, log)
 
 
-def _train_stage(name, cfg, run_dir, load_backend, log, cache) -> list[StageResult]:
+def _train_stage(name, cfg, run_dir, backends: BackendCache, log) -> list[StageResult]:
     from constitutional.jsonio import sha256_file
 
     sa = _constitution(cfg)
@@ -355,11 +340,8 @@ def _train_stage(name, cfg, run_dir, load_backend, log, cache) -> list[StageResu
     train_rows, held = split_held_out(answers, cfg.held_out)
     engraved = run_dir / "engraved" / "model"
     ecfg = cfg.model.model_copy(update={"name": str(engraved)})
-
-    def engraved_backend():       # loaded once: engraving's samples, then verbose answers
-        if "engraved" not in cache:
-            cache["engraved"] = load_backend(ecfg)
-        return cache["engraved"]
+    # loaded once: engraving's samples, then (next stage) the verbose answers
+    engraved_backend = backends.loader(ecfg)
 
     if name == "engrave":
         res = run_finetune("engraved", cfg.engrave, cfg.model.name,
@@ -369,14 +351,13 @@ def _train_stage(name, cfg, run_dir, load_backend, log, cache) -> list[StageResu
         return [res] + _samples("engraved", ecfg, held, cfg, run_dir, engraved_backend, log)
     gen = run_answers("verbose_answers", ecfg, train_rows, sa.verbose_prompt,
                       cfg.verbose_sampling, run_dir, engraved_backend, log)
-    cache.pop("engraved", None)
-    gc.collect()
+    backends.release(ecfg)
     res = run_finetune("verbose_model", cfg.verbose, str(engraved),
                        lambda: verbose_rows(read_output(gen.output)),
                        {"answers": sha256_file(gen.output)}, run_dir, log)
     vcfg = cfg.model.model_copy(update={"name": str(run_dir / "verbose_model" / "model")})
     return [gen, res] + _samples("verbose_model", vcfg, held, cfg, run_dir,
-                                 lambda: load_backend(vcfg), log)
+                                 backends.loader(vcfg), log)
 
 
 def _samples(tag: str, mcfg: ModelConfig, held: list[dict], cfg, run_dir, get_backend,
@@ -386,25 +367,3 @@ def _samples(tag: str, mcfg: ModelConfig, held: list[dict], cfg, run_dir, get_ba
         return []
     return [run_answers(f"selfalign_samples/{tag}", mcfg, held, None, cfg.answer_sampling,
                         run_dir, get_backend, log)]
-
-
-def summary(cfg: SelfAlignConfig, run_dir: Path) -> dict:
-    """Counts at every filter and the principle statistics, for the report."""
-    import json
-
-    def manifest(name):
-        p = run_dir / name / "manifest.json"
-        return json.loads(p.read_text()) if p.is_file() else {}
-
-    out = {"self_instruct": manifest("self_instruct").get("counts"),
-           "redteam": manifest("instructions").get("redteam_counts")}
-    sa_path = run_dir / "self_align" / OUTPUT
-    if sa_path.is_file():
-        rows = read_output(sa_path)
-        drops: dict[str, int] = {}
-        for r in rows:
-            drops[r["drop"] or "kept"] = drops.get(r["drop"] or "kept", 0) + 1
-        out["answers"] = drops
-        out["principles"] = pr.principle_stats(_constitution(cfg), rows)
-    return out
-

@@ -85,13 +85,17 @@ def cited_principles(sa: SelfAlign, thoughts: str) -> list[str]:
     return out
 
 
-def principle_stats(sa: SelfAlign, rows: Sequence[dict]) -> dict:
-    """How often each principle is invoked, per instruction source (as the paper's figure)."""
-    by_source: dict[str, Counter] = {}
-    totals: Counter = Counter()
-    for r in rows:
-        by_source.setdefault(r["source"], Counter()).update(r["principles"])
-        totals[r["source"]] += 1
-    return {"answers": dict(totals),
-            "invoked": {src: {p.name: c[p.name] for p in sa.principles}
-                        for src, c in by_source.items()}}
+def principle_stats(rows: Sequence[dict]) -> dict:
+    """How often each principle is invoked, per instruction source (the paper's statistics):
+    answers per source, counts per (source, principle), principles by total count."""
+    totals = Counter(r["source"] for r in rows)
+    invoked = {src: Counter(p for r in rows if r["source"] == src for p in r["principles"])
+               for src in sorted(totals)}
+    overall = Counter(p for r in rows for p in r["principles"])
+    return {"answers": dict(totals), "invoked": {s: dict(c) for s, c in invoked.items()},
+            "order": [p for p, _ in overall.most_common()]}
+
+
+def drop_counts(rows: Sequence[dict]) -> dict[str, int]:
+    """Principle-driven answers kept, and dropped by reason."""
+    return dict(Counter(r["drop"] or "kept" for r in rows))

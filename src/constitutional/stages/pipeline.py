@@ -88,7 +88,9 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
     run_dir = Path(run_dir)
     sl_model = run_dir / "sl_model" / "model"
     results: list[StageResult] = []
-    self_align_cache: dict = {}           # the SELF-ALIGN base model, loaded once
+    from constitutional.backends import BackendCache
+
+    self_align_models = BackendCache(load_backend)   # SELF-ALIGN's models, each loaded once
     for name in select(cfg.stages, start, until):
         if name in NEEDS_SL_MODEL and not sl_model.is_dir():
             raise InputError("no SL-CAI model in this run yet: run the sl-cai stage first",
@@ -118,8 +120,8 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
             results.append(run_report(run_dir))
         elif name in SELF_ALIGN_STAGES:
             from constitutional.selfalign.pipeline import run_self_align_stage
-            results += run_self_align_stage(name, cfg.selfalign, run_dir, load_backend, log,
-                                            self_align_cache)
+            results += run_self_align_stage(name, cfg.selfalign, run_dir, self_align_models,
+                                            log)
         gc.collect()                      # release the stage's models before the next
     return results
 

@@ -12,7 +12,6 @@ helpful model is loaded once for critique and helpful answers, and released befo
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Callable
 
@@ -64,28 +63,23 @@ def run_sl_cai(cfg: SLCAIConfig, run_dir: str | Path, load_backend: Callable,
     from constitutional.stages.generate import run_generate
     from constitutional.train.sft import run_sft
 
-    run_dir = Path(run_dir)
-    cache: dict = {}
+    from constitutional.backends import BackendCache
 
-    def backend_for(model_cfg):
-        key = model_cfg.model_dump_json(exclude={"batch_size", "score_batch_tokens"})
-        if key not in cache:
-            cache[key] = load_backend(model_cfg)
-        return cache[key]
+    run_dir = Path(run_dir)
+    backends = BackendCache(load_backend)
 
     out = {"critique": run_critique(cfg.critique, run_dir,
-                                    lambda: backend_for(cfg.critique.model), log)}
+                                    backends.loader(cfg.critique.model), log)}
     if cfg.helpful:
         h = cfg.helpful
         helpful = GenerateConfig(
             model=cfg.critique.model, prompts=h.prompts, limit=h.limit,
             sampling=h.sampling.model_copy(update={"n": h.samples}),
             system_prompt=h.system_prompt, log_calls=cfg.critique.log_calls)
-        out["helpful"] = run_generate(helpful, run_dir, lambda: backend_for(helpful.model),
+        out["helpful"] = run_generate(helpful, run_dir, backends.loader(helpful.model),
                                       log, stage_name="helpful")
     export_revisions(run_dir)
-    cache.clear()           # free the helpful model before training
-    gc.collect()
+    backends.release()      # free the helpful model before training
     sft = cfg.sft.model_copy(update={"revisions": str(out["critique"].output),
                                      "helpful": str(out["helpful"].output) if cfg.helpful
                                      else None})
@@ -95,6 +89,6 @@ def run_sl_cai(cfg: SLCAIConfig, run_dir: str | Path, load_backend: Callable,
             model=cfg.critique.model.model_copy(update={"name": str(out["sl_model"].output)}),
             sampling=cfg.critique.sampling, prompts=cfg.critique.prompts, limit=cfg.show,
             system_prompt=cfg.critique.system_prompt)
-        out["sl_answers"] = run_generate(answers, run_dir, lambda: backend_for(answers.model),
+        out["sl_answers"] = run_generate(answers, run_dir, backends.loader(answers.model),
                                          log, stage_name="sl_answers")
     return out
