@@ -115,7 +115,7 @@ def main() -> None:
             lambda: ours(data, a.steps, tmp / "l32", True, "fp32"), a.steps),
     ]
     base = results[0]["s_per_step"]
-    print(f"\n| run | s/step | tokens/s | vs baseline | losses |")
+    print("\n| run | s/step | tokens/s | vs baseline | losses |")
     print("|---|---|---|---|---|")
     for r in results:
         print(f"| {r['name']} | {r['s_per_step']:.2f} | {BATCH * LENGTH / r['s_per_step']:.0f} "

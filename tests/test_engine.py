@@ -21,7 +21,7 @@ PROMPTS = [
 
 def hf_greedy(backend, prompt, max_new):
     """Reference: transformers' own generate, one prompt at a time, stock attention."""
-    model, tok = backend.model, backend.tokenizer
+    model = backend.model
     ids = torch.tensor([backend.encode(prompt)])
     impl = model.config._attn_implementation
     model.config._attn_implementation = "sdpa"

@@ -100,6 +100,12 @@ def test_from_and_until_and_bad_stage(tmp_path, tiny_llama):
     assert any(k.startswith("reward") for h in hist for k in h)
     assert json.loads((tmp_path / "run/rl/manifest.json").read_text())["config"]["method"] \
         == "grpo"
+    r = run_cai(args + ["--out", "run", "--from", "rl", "rl.method=rloo",
+                        "rl.rloo.max_steps=1", "rl.rloo.precision=fp32",
+                        "rl.rloo.max_completion_length=6", "rl.rloo.batch_size=4"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "run/rl/manifest.json").read_text())
+    assert m["config"]["method"] == "rloo" and m["config"]["beta"] == 0.05
     bad = run_cai(args + ["--out", "run", "--from", "vibes"], tmp_path)
     assert bad.returncode == 2 and "unknown stage 'vibes'" in bad.stderr
     fresh = run_cai(args + ["--out", "other", "--from", "pm"], tmp_path)

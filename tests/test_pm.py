@@ -122,7 +122,7 @@ def test_pm_learns_a_separable_toy_set_and_scores_through_the_cli(tmp_path, tiny
 
 
 def test_pm_with_pretraining_phase_via_cli(tmp_path, tiny_llama):
-    labels = toy_labels(tmp_path / "labels.jsonl", n=24)
+    toy_labels(tmp_path / "labels.jsonl", n=24)
     write_jsonl(tmp_path / "pmp.jsonl", [
         {"question": f"Q{i}", "answers": [{"text": "kind reply", "votes": 9, "accepted": True},
                                           {"text": "rude reply", "votes": -1}]}

@@ -104,7 +104,9 @@ def test_ppo_lora_reference_is_the_adapter_free_policy(tiny_llama):
     assert logs[-1]["kl_coef"] != 0.1                            # adaptive controller moved
 
 
-def test_grpo_with_a_reward_function_runs_and_saves_a_model(tmp_path, tiny_llama):
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_grpo_and_rloo_with_a_reward_function_run_and_save_a_model(tmp_path, tiny_llama,
+                                                                   method):
     import json
 
     from constitutional.train.grpo import GRPOTrainConfig, run_grpo
@@ -121,11 +123,15 @@ def test_grpo_with_a_reward_function_runs_and_saves_a_model(tmp_path, tiny_llama
     cfg = GRPOTrainConfig(model={"name": str(tiny_llama)}, prompts=str(tmp_path / "p.jsonl"),
                           num_generations=4, batch_size=8, max_completion_length=8,
                           max_steps=2, precision="fp32", learning_rate=1e-3)
-    result = run_grpo(cfg, tmp_path / "run", log=lambda m: None, reward_fn=reward)
+    result = run_grpo(cfg, tmp_path / "run", log=lambda m: None, reward_fn=reward,
+                      method=method)
     assert (result.output / "model.safetensors").is_file()
     assert seen and all(n % 4 == 0 for n in seen)              # groups of num_generations
     hist = json.loads((tmp_path / "run/rl/log_history.json").read_text())
     assert any(k.startswith("reward") for h in hist for k in h)
+    manifest = json.loads((tmp_path / "run/rl/manifest.json").read_text())
+    assert manifest["config"]["method"] == method
+    assert json.loads((result.output / "cai_train.json").read_text())["kind"] == method
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
@@ -146,3 +152,19 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch)
         _tensorboard(PPOConfig(report_to=["tensorboard"]), tmp_path)
     with pytest.raises(Exception, match="report_to"):
         PPOConfig(report_to=["wandb"])
+
+
+def test_whiten_across_processes_uses_the_whole_batch():
+    """Each process's share, whitened with sums over both shares (what the all-reduce gives),
+    equals the whole batch whitened at once."""
+    import torch
+
+    torch.manual_seed(0)
+    x, mask = torch.randn(4, 5), (torch.rand(4, 5) > 0.3).float()
+    whole = whiten(x, mask)
+    (xa, xb), (ma, mb) = x.chunk(2), mask.chunk(2)
+    mean = (x * mask).sum() / mask.sum()
+    others = iter([mb.sum(), (xb * mb).sum(), (((xb - mean) ** 2) * mb).sum()])
+    share = whiten(xa, ma, total=lambda t: t + next(others))
+    assert torch.allclose(share, whole[:2], atol=1e-6)
+    assert not torch.allclose(whiten(xa, ma), whole[:2], atol=1e-3)   # local stats differ

@@ -41,8 +41,12 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """`auto`: the GPU if there is one. `auto` and a bare `cuda` mean this process's own GPU
+    under a launcher (LOCAL_RANK), so that 8 processes do not all load onto GPU 0."""
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name in ("auto", "cuda"):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 

@@ -22,8 +22,12 @@ def main() -> None:
     except InputError as e:
         if state["verbose"]:
             traceback.print_exc()
-        # Plain print: one unwrapped line, and no markup parsing of user text.
-        print(f"error: {e}", file=sys.stderr)
+        from constitutional.train.distributed import is_main_process
+
+        # Plain print: one unwrapped line, and no markup parsing of user text. Bad input is
+        # the same for every launched process, so the main process alone says it.
+        if is_main_process() or state["verbose"]:
+            print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; run the same command again to resume")

@@ -21,6 +21,10 @@ state = {"verbose": False}
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v",
                                        help="Show tracebacks and library warnings.")):
     state["verbose"] = verbose
+    from constitutional.train.distributed import is_main_process
+
+    if not is_main_process():           # under `accelerate launch`, the main process reports
+        out.quiet = err.quiet = True
     if not verbose:
         import logging
         import os
@@ -33,7 +37,11 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v",
 
 
 def log(msg: str) -> None:
-    err.print(msg, highlight=False)
+    """Progress messages, from the main process only when several are launched."""
+    from constitutional.train.distributed import is_main_process
+
+    if is_main_process():
+        err.print(msg, highlight=False)
 
 
 def flags(**kw) -> dict:
@@ -51,9 +59,11 @@ def check_model(model_cfg) -> None:
 def start_run(out_dir: Path, cfg, name: str = "config.yaml") -> None:
     from constitutional.config import dump_config
     from constitutional.jsonio import write_atomic
+    from constitutional.train.distributed import is_main_process
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(out_dir / name, dump_config(cfg))
+    if is_main_process():               # under `accelerate launch`, one writer
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(out_dir / name, dump_config(cfg))
 
 
 def backend_loader(cfg, run_dir: Path):

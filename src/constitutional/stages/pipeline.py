@@ -32,7 +32,7 @@ from constitutional.stages.label import LabelConfig
 from constitutional.stages.pairs import PairsConfig
 from constitutional.stages.sl_cai import SLCAIConfig
 from constitutional.train.dpo import DPOTrainConfig
-from constitutional.train.grpo import GRPOTrainConfig
+from constitutional.train.grpo import GRPOTrainConfig, RLOOTrainConfig
 from constitutional.train.pm import PMTrainConfig
 from constitutional.train.ppo import PPOConfig
 
@@ -42,13 +42,15 @@ NEEDS_SL_MODEL = {"pairs", "label", "pm", "rl"}
 
 
 class RLConfig(StrictModel):
-    method: Literal["ppo", "dpo", "grpo"] = Field(
+    method: Literal["ppo", "dpo", "grpo", "rloo"] = Field(
         "ppo", description="ppo: against the preference model, as the paper; dpo: on the "
-        "labelled pairs directly (no preference model needed); grpo: TRL's GRPO with the "
-        "preference model as reward.")
+        "labelled pairs directly (no preference model needed); grpo / rloo: TRL's GRPO or "
+        "RLOO with the preference model as reward.")
     ppo: PPOConfig = Field(default_factory=PPOConfig)
     dpo: DPOTrainConfig = Field(default_factory=DPOTrainConfig)
     grpo: GRPOTrainConfig = Field(default_factory=GRPOTrainConfig)
+    rloo: RLOOTrainConfig = Field(default_factory=RLOOTrainConfig, description="RLOO: the "
+                                  "same settings as grpo.")
 
 
 class RecipeConfig(SLCAIConfig):
@@ -86,6 +88,7 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
     from constitutional.stages.sl_cai import run_sl_cai
 
     run_dir = Path(run_dir)
+    check_launch(cfg, select(cfg.stages, start, until))
     sl_model = run_dir / "sl_model" / "model"
     results: list[StageResult] = []
     from constitutional.backends import BackendCache
@@ -126,6 +129,24 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
     return results
 
 
+def check_launch(cfg: RecipeConfig, stages: list[str]) -> None:
+    """Under `accelerate launch` (several processes) only the Trainer-based training stages
+    run: generation and labeling stages scale through vLLM or servers instead, and would
+    otherwise be done once per process."""
+    from constitutional.train.distributed import world_size
+
+    if world_size() == 1:
+        return
+    others = [s for s in stages if s not in ("pm", "rl")]
+    if others:
+        raise InputError(
+            f"under {world_size()} processes `cai run` runs only pm and rl, not "
+            f"{', '.join(others)}: run the other stages "
+            "with one process, e.g. `cai run RECIPE --until label`, then `accelerate launch "
+            "... -m constitutional.cli run RECIPE --from pm --until rl`",
+            field="stages")
+
+
 def run_report(run_dir: Path) -> StageResult:
     import time
 
@@ -143,12 +164,12 @@ def run_rl(cfg: RLConfig, run_dir: Path, sl_model: str, log) -> StageResult:
         ppo = cfg.ppo.model_copy(deep=True)
         ppo.policy.name = sl_model
         return run_ppo(ppo, run_dir, log)
-    if cfg.method == "grpo":
+    if cfg.method in ("grpo", "rloo"):
         from constitutional.train.grpo import run_grpo
 
-        grpo = cfg.grpo.model_copy(deep=True)
-        grpo.model.name = sl_model
-        return run_grpo(grpo, run_dir, log)
+        online = getattr(cfg, cfg.method).model_copy(deep=True)
+        online.model.name = sl_model
+        return run_grpo(online, run_dir, log, method=cfg.method)
     from constitutional.train.dpo import run_dpo
 
     dpo = cfg.dpo.model_copy(deep=True)

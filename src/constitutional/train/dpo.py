@@ -45,7 +45,8 @@ class DPOTrainConfig(StrictModel):
     learning_rate: float | None = Field(None, gt=0, description="None: 5e-5 LoRA, 5e-7 full.")
     epochs: float = Field(1.0, gt=0)
     max_steps: int = -1
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, description="Pairs per step over all processes (each "
+                            "takes an equal share).")
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -99,6 +100,8 @@ def make_trainer(cfg: DPOTrainConfig, rows: list[dict], checkpoints: Path):
     import torch
     from trl import DPOConfig, DPOTrainer
 
+    from constitutional.train.distributed import per_device_batch, trainer_device_args
+
     from constitutional.train.losses import soft_dpo_loss
     from constitutional.train.sft import load_trainable
 
@@ -134,11 +137,12 @@ def make_trainer(cfg: DPOTrainConfig, rows: list[dict], checkpoints: Path):
         import copy
         ref = copy.deepcopy(model).eval().requires_grad_(False)
     args = DPOConfig(
-        output_dir=str(checkpoints), per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=per_device_batch(cfg.batch_size),
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate or (5e-5 if cfg.lora else 5e-7),
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
-        beta=cfg.beta, bf16=bf16, use_cpu=not torch.cuda.is_available(),
+        beta=cfg.beta, bf16=bf16, **trainer_device_args(),
         activation_checkpointing=False, logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, report_to=[])
     data = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected",

@@ -1,7 +1,10 @@
-"""Stage `rl` with method grpo: TRL's GRPOTrainer with the preference model as reward.
+"""Stage `rl` with method grpo or rloo: TRL's GRPOTrainer or RLOOTrainer with the preference
+model as reward.
 
-An alternative to PPO users ask for: no value model; each prompt gets `num_generations`
-answers and each answer's advantage is its preference-model score relative to the group's.
+Alternatives to PPO users ask for: no value model; each prompt gets `num_generations`
+answers and each answer's advantage is its preference-model score relative to the group's
+(GRPO: minus the group mean, over the group's std; RLOO: minus the mean of the other answers
+to the same prompt, the leave-one-out baseline). Both take the same settings here.
 TRL generates with transformers' `generate` here (or vLLM where TRL is set up for it), so on a
 CPU it is slower per sample than our PPO's rollouts; the point is the method, not the engine.
 """
@@ -39,16 +42,22 @@ class GRPOTrainConfig(StrictModel):
     learning_rate: float | None = Field(None, gt=0, description="None: 1e-4 LoRA, 1e-6 full.")
     epochs: float = Field(1.0, gt=0)
     max_steps: int = -1
-    batch_size: int = Field(8, ge=1, description="Answers per device step (a multiple of "
-                            "num_generations).")
+    batch_size: int = Field(8, ge=1, description="Answers per step over all processes (a "
+                            "multiple of num_generations).")
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     save_steps: int = Field(50, ge=1)
     logging_steps: int = Field(1, ge=1)
     seed: int = 0
 
 
+class RLOOTrainConfig(GRPOTrainConfig):
+    beta: float = Field(0.05, ge=0, description="KL coefficient to the reference policy "
+                        "(TRL's RLOO default).")
+
+
 def run_grpo(cfg: GRPOTrainConfig, run_dir: str | Path, log: Callable[[str], None] = print,
-             reward_fn: RewardFn | None = None) -> StageResult:
+             reward_fn: RewardFn | None = None,
+             method: Literal["grpo", "rloo"] = "grpo") -> StageResult:
     from constitutional.prompts_io import load_prompts
     pm_path = cfg.reward_model or str(Path(run_dir) / "pm" / "model")
     ppath, rows = load_prompts(cfg.prompts, cfg.limit)
@@ -57,11 +66,11 @@ def run_grpo(cfg: GRPOTrainConfig, run_dir: str | Path, log: Callable[[str], Non
 
     def train(data, stage: Path, final: Path, lg) -> list[dict]:
         fn = reward_fn or pm_reward_for_grpo(pm_path)
-        trainer = make_trainer(cfg, data, stage / "checkpoints", fn)
+        trainer = make_trainer(cfg, data, stage / "checkpoints", fn, method)
         return train_and_save(trainer, stage / "checkpoints", final, cfg.lora,
-                              {"stage": STAGE, "kind": "grpo"}, lg)
+                              {"stage": STAGE, "kind": method}, lg)
 
-    return run_training_stage(STAGE, {"method": "grpo", **cfg.model_dump(mode="json")},
+    return run_training_stage(STAGE, {"method": method, **cfg.model_dump(mode="json")},
                               inputs, lambda: [{"prompt": r.messages, "id": r.id}
                                                for r in rows], train, run_dir, log)
 
@@ -77,24 +86,29 @@ def pm_reward_for_grpo(pm_path: str) -> RewardFn:
     return preference_model
 
 
-def make_trainer(cfg: GRPOTrainConfig, rows: list[dict], checkpoints: Path, reward_fn):
+def make_trainer(cfg: GRPOTrainConfig, rows: list[dict], checkpoints: Path, reward_fn,
+                 method: Literal["grpo", "rloo"] = "grpo"):
     import datasets
-    import torch
-    from trl import GRPOConfig, GRPOTrainer
+    import trl
+
+    from constitutional.train.distributed import per_device_batch, trainer_device_args
 
     datasets.disable_progress_bars()
     bf16 = use_bf16(cfg.precision)
     model, tok = load_trainable(cfg, bf16)
     tok.padding_side = "left"                  # generation
-    args = GRPOConfig(
-        output_dir=str(checkpoints), per_device_train_batch_size=cfg.batch_size,
+    config_cls, trainer_cls = (trl.GRPOConfig, trl.GRPOTrainer) if method == "grpo" else \
+        (trl.RLOOConfig, trl.RLOOTrainer)
+    args = config_cls(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=per_device_batch(cfg.batch_size),
         num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
         temperature=cfg.temperature, beta=cfg.beta,
         learning_rate=cfg.learning_rate or (1e-4 if cfg.lora else 1e-6),
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, bf16=bf16,
-        use_cpu=not torch.cuda.is_available(), activation_checkpointing=False,
+        **trainer_device_args(), activation_checkpointing=False,
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         seed=cfg.seed, report_to=[])
     data = datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
-    return GRPOTrainer(model=model, reward_funcs=reward_fn, args=args, train_dataset=data,
+    return trainer_cls(model=model, reward_funcs=reward_fn, args=args, train_dataset=data,
                        processing_class=tok)

@@ -49,10 +49,16 @@ def masked_mean(x, mask, dim=None):
     return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
 
 
-def whiten(x, mask, shift_mean: bool = True):
-    """(x - mean) / std over masked positions; with shift_mean=False the mean is kept."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def whiten(x, mask, shift_mean: bool = True, total=None):
+    """(x - mean) / std over masked positions; with shift_mean=False the mean is kept.
+
+    total: sums a tensor over processes (an all-reduce), so that each process whitens its
+    share of a batch with the statistics of the whole batch; None on one process.
+    """
+    total = total or (lambda t: t)
+    n = total(mask.sum()).clamp(min=1)                                  # [] tokens
+    mean = total((x * mask).sum()) / n
+    var = total((((x - mean) ** 2) * mask).sum()) / n
     out = (x - mean) * (var + 1e-8).rsqrt()
     return (out if shift_mean else out + mean) * mask
 

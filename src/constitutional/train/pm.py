@@ -53,7 +53,8 @@ class PMTrainConfig(StrictModel):
     learning_rate: float | None = Field(None, gt=0, description="None: 1e-5 full, 1e-4 LoRA.")
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1)
-    batch_size: int = Field(8, ge=1, description="Pairs per device step.")
+    batch_size: int = Field(8, ge=1, description="Pairs per step over all processes "
+                            "(each takes an equal share).")
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16, description="Token cap per answer with its prompt; "
                             "TRL drops longer pairs (counted in the manifest).")
@@ -146,6 +147,8 @@ def make_trainer(cfg: PMTrainConfig, train_rows: list[dict], eval_rows: list[dic
     import torch
     from trl import RewardConfig, RewardTrainer
 
+    from constitutional.train.distributed import per_device_batch, trainer_device_args
+
     from constitutional.train.losses import soft_pairwise_loss
 
     class SoftLabelRewardTrainer(RewardTrainer):
@@ -169,11 +172,13 @@ def make_trainer(cfg: PMTrainConfig, train_rows: list[dict], eval_rows: list[dic
     model, tok = load_pm_base(cfg, init, bf16)
     keys = ("prompt", "chosen", "rejected", "margin")
     args = RewardConfig(
-        output_dir=str(checkpoints), per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=per_device_batch(cfg.batch_size),
+        per_device_eval_batch_size=per_device_batch(cfg.batch_size),
+        gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate or (1e-4 if cfg.lora else 1e-5),
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
-        bf16=bf16, use_cpu=not torch.cuda.is_available(), activation_checkpointing=False,
+        bf16=bf16, **trainer_device_args(), activation_checkpointing=False,
         warmup_steps=cfg.warmup_steps, logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, report_to=[],
         eval_strategy="epoch" if eval_rows else "no", center_rewards_coefficient=None)

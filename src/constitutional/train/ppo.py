@@ -13,6 +13,12 @@ per step), eval.jsonl (the preference model's mean reward and the KL on held-out
 training never sees, before training, every `eval_every` steps and at the end), checkpoint.pt
 (resume: a killed run continues from the last checkpoint and ends with the same numbers) and
 model/ (the merged policy, an ordinary Hugging Face folder).
+
+Under `accelerate launch` (DDP), each process rolls out, scores and trains on its share of
+every batch (`batch_size` and `mini_batch_size` stay global); DDP averages the gradients,
+advantages are whitened with the whole batch's statistics, the logged figures are those of
+the whole batch, and held-out evaluation is split over the processes and gathered. The main
+process alone writes the stage folder.
 """
 
 from __future__ import annotations
@@ -31,8 +37,10 @@ from constitutional.artifacts import StageDir, StageResult, model_identity, pack
 from constitutional.config import ModelConfig, StrictModel
 from constitutional.errors import InputError
 from constitutional.jsonio import seeded_fraction, sha256_file, sha256_json, write_atomic
+from constitutional.train.distributed import (is_main_process, per_device_batch, rank,
+                                              wait_for_everyone, world_size)
 from constitutional.train.sft import LoraSettings, use_bf16
-from constitutional.train.stage import reuse_or_reset, save_atomically
+from constitutional.train.stage import finished, reuse_or_reset, save_atomically
 
 STAGE = "rl"
 RewardFn = Callable[[Sequence[Sequence[dict]], Sequence[str]], list[float]]
@@ -49,8 +57,10 @@ class PPOConfig(StrictModel):
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Prompts held out from "
                                  "training; the reward reported is measured on them.")
     steps: int = Field(12, ge=1, description="PPO iterations (rollout batch + updates).")
-    batch_size: int = Field(8, ge=1, description="Rollouts per iteration.")
-    mini_batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(8, ge=1, description="Rollouts per iteration, over all "
+                            "processes (each rolls out an equal share).")
+    mini_batch_size: int = Field(4, ge=1, description="Rollouts per gradient step, over "
+                                 "all processes.")
     ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
     max_new_tokens: int = Field(48, ge=1)
     temperature: float = Field(1.0, gt=0)
@@ -111,6 +121,28 @@ def engine_attention(model):
         model.config._attn_implementation = before
 
 
+def token_values(value_model):
+    """The value model read at every response position, as a module of its own so that DDP
+    sees its forward pass (and averages the score head's gradients with the rest)."""
+    import torch
+
+    class TokenValues(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, input_ids, attention_mask, position_ids, Q: int, T: int):
+            # The sequence-classification model itself (under its LoRA wrapper, if any): its
+            # backbone's hidden states go through the score head at every position.
+            vm = self.value.get_base_model() if hasattr(self.value, "get_base_model") \
+                else self.value
+            h = vm.base_model(input_ids=input_ids, attention_mask=attention_mask,
+                              position_ids=position_ids).last_hidden_state   # [B, Q+T, H]
+            return vm.score(h[:, Q - 1:Q - 1 + T]).squeeze(-1)               # [B, T]
+
+    return TokenValues(value_model)
+
+
 class PPOTrainer:
     """One policy, its reference, a value model and a reward function; `step()` is one PPO
     iteration. Kept apart from the run folder so tests can drive it with a toy reward."""
@@ -140,6 +172,35 @@ class PPOTrainer:
         self.kl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.score_stats = [0, 0.0, 0.0]          # n, mean, M2 (Welford) for normalization
         self.step_no = 0
+        self._prepare_processes()
+
+    def _prepare_processes(self) -> None:
+        """DDP-wrapped copies for the gradient steps under `accelerate launch`; on one
+        process accelerate hands the models back unwrapped."""
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType
+
+        self.acc = Accelerator(cpu=self.policy.device.type == "cpu")
+        if self.acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
+                                             DistributedType.MULTI_CPU):
+            raise InputError(f"PPO runs on one process or under DDP, not "
+                             f"{self.acc.distributed_type.value}: launch it with "
+                             "configs/accelerate/ddp.yaml", field="rl.method")
+        self.mini_batch = per_device_batch(self.cfg.mini_batch_size, "mini_batch_size")
+        self.value_reader = token_values(self.value)
+        self.train_policy = self.acc.prepare_model(self.policy, device_placement=False)
+        self.train_values = self.acc.prepare_model(self.value_reader, device_placement=False)
+
+    def _total(self):
+        """Sum over processes (None on one process: nothing to add)."""
+        return (lambda t: self.acc.reduce(t, "sum")) if self.acc.num_processes > 1 else None
+
+    def _mean_over_processes(self, x: float) -> float:
+        import torch
+
+        if self.acc.num_processes == 1:
+            return x
+        return self.acc.reduce(torch.tensor([x], device=self.acc.device), "mean").item()
 
     # -- rollouts -------------------------------------------------------------------------
     def rollout(self, convs: list[list[dict]], seed: int, temperature: float | None = None):
@@ -201,16 +262,11 @@ class PPOTrainer:
             return logp
         return logp, -(logp_all.exp() * logp_all).sum(-1)
 
-    def values(self, b: dict):
+    def values(self, b: dict, reader=None):
         """The value model's estimate before each response token, [B, T]."""
-        Q, T = b["Q"], b["mask"].shape[1]
-        # The sequence-classification model itself (under its LoRA wrapper, if any): its
-        # backbone's hidden states go through the score head at every position.
-        vm = self.value.get_base_model() if hasattr(self.value, "get_base_model") else self.value
         with self._autocast():
-            h = vm.base_model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                              position_ids=b["position_ids"]).last_hidden_state
-            v = vm.score(h[:, Q - 1:Q - 1 + T]).squeeze(-1)
+            v = (reader or self.value_reader)(b["input_ids"], b["attention_mask"],
+                                              b["position_ids"], b["Q"], b["mask"].shape[1])
         return v.float()
 
     def ref_logprobs(self, b: dict):
@@ -219,16 +275,19 @@ class PPOTrainer:
         with self.policy.disable_adapter():
             return self.logprobs(self.policy, b)
 
-    def _normalize(self, scores):
+    def _normalize(self, scores) -> None:
+        """Add scores to the running statistics (Welford's running variance)."""
         n, mean, m2 = self.score_stats
-        for s in scores.tolist():                 # Welford's running variance
+        for s in scores.tolist():
             n += 1
             d = s - mean
             mean += d / n
             m2 += d * (s - mean)
         self.score_stats = [n, mean, m2]
-        std = (m2 / max(n - 1, 1)) ** 0.5 or 1.0
-        return scores / std
+
+    def _score_std(self) -> float:
+        n, _, m2 = self.score_stats
+        return (m2 / max(n - 1, 1)) ** 0.5 or 1.0
 
     # -- one PPO iteration ----------------------------------------------------------------
     def step(self, convs: list[list[dict]], seed: int) -> dict:
@@ -244,12 +303,18 @@ class PPOTrainer:
             ref_logp = self.ref_logprobs(b)
             old_values = self.values(b)
             raw = torch.tensor(self.reward_fn(convs, texts), dtype=torch.float32)
-            score = self._normalize(raw) if cfg.normalize_rewards else raw
+            if cfg.normalize_rewards:   # the running std of every process's scores
+                all_raw = self.acc.gather(raw.to(self.acc.device)).cpu() \
+                    if self.acc.num_processes > 1 else raw
+                self._normalize(all_raw)
+                score = raw / self._score_std()
+            else:
+                score = raw
             kl = L.kl_penalty(old_logp, ref_logp, cfg.kl_estimator) * mask
             rewards = L.token_rewards(score, kl, mask, self.kl.value)
             adv, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
-                adv = L.whiten(adv, mask)
+                adv = L.whiten(adv, mask, total=self._total())
         self.policy.train()
         self.value.train()
         gen = torch.Generator().manual_seed(seed)
@@ -257,14 +322,14 @@ class PPOTrainer:
         n = len(convs)
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(n, generator=gen).tolist()
-            for s in range(0, n, cfg.mini_batch_size):
-                idx = torch.tensor(order[s:s + cfg.mini_batch_size])
+            for s in range(0, n, self.mini_batch):
+                idx = torch.tensor(order[s:s + self.mini_batch])
                 mb = {k: (v[idx] if torch.is_tensor(v) else v) for k, v in b.items()}
-                logp = self.logprobs(self.policy, mb)
+                logp = self.logprobs(self.train_policy, mb)
                 pg, frac = L.clipped_policy_loss(logp, old_logp[idx], adv[idx], mask[idx],
                                                  cfg.clip)
-                vl = L.value_loss(self.values(mb), old_values[idx], returns[idx], mask[idx],
-                                  cfg.value_clip)
+                vl = L.value_loss(self.values(mb, self.train_values), old_values[idx],
+                                  returns[idx], mask[idx], cfg.value_clip)
                 loss = pg + cfg.vf_coef * vl
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -274,15 +339,17 @@ class PPOTrainer:
                 stats["pg_loss"].append(pg.item())
                 stats["value_loss"].append(vl.item())
                 stats["clip_frac"].append(frac.item())
-        seq_kl = kl.sum(1).mean().item()
+        # the whole batch's figures: every process holds an equal share of it
+        mean = self._mean_over_processes
+        seq_kl = mean(kl.sum(1).mean().item())
         coef = self.kl.value
         if cfg.adaptive_kl:
-            self.kl.update(seq_kl, n)
+            self.kl.update(seq_kl, n * self.acc.num_processes)
         self.step_no += 1
-        return {"step": self.step_no, "reward": raw.mean().item(), "kl": seq_kl,
-                "kl_coef": coef, "entropy": L.masked_mean(entropy, mask).item(),
-                "response_tokens": mask.sum(1).mean().item(),
-                **{k: sum(v) / len(v) for k, v in stats.items()}}
+        return {"step": self.step_no, "reward": mean(raw.mean().item()), "kl": seq_kl,
+                "kl_coef": coef, "entropy": mean(L.masked_mean(entropy, mask).item()),
+                "response_tokens": mean(mask.sum(1).mean().item()),
+                **{k: mean(sum(v) / len(v)) for k, v in stats.items()}}
 
     def evaluate(self, convs: list[list[dict]], seed: int) -> dict:
         """Mean reward and KL to the reference on held-out prompts (fixed seed each time)."""
@@ -290,14 +357,24 @@ class PPOTrainer:
 
         from constitutional.train import losses as L
 
-        texts, b = self.rollout(convs, seed, temperature=self.cfg.eval_temperature)
-        with torch.no_grad():
-            kl = (L.kl_penalty(self.logprobs(self.policy, b), self.ref_logprobs(b)) *
-                  b["mask"]).sum(1).mean().item()
-        scores = self.reward_fn(convs, texts)
-        return {"step": self.step_no, "reward": sum(scores) / len(scores), "kl": kl,
+        k, w = self.acc.process_index, self.acc.num_processes
+        share = convs[k * len(convs) // w:(k + 1) * len(convs) // w]   # in order, by process
+        rows = []
+        if share:
+            texts, b = self.rollout(share, seed, temperature=self.cfg.eval_temperature)
+            with torch.no_grad():
+                kls = (L.kl_penalty(self.logprobs(self.policy, b), self.ref_logprobs(b)) *
+                       b["mask"]).sum(1).tolist()
+            rows = list(zip(share, texts, self.reward_fn(share, texts), kls))
+        if w > 1:
+            from accelerate.utils import gather_object
+            rows = gather_object([rows])            # one list per process, in rank order
+            rows = [r for part in rows for r in part]
+        scores = [r[2] for r in rows]
+        return {"step": self.step_no, "reward": sum(scores) / len(scores),
+                "kl": sum(r[3] for r in rows) / len(rows),
                 "samples": [{"prompt": c[-1]["content"], "answer": t, "reward": s}
-                            for c, t, s in list(zip(convs, texts, scores))[:3]]}
+                            for c, t, s, _ in rows[:3]]}
 
     # -- resume ---------------------------------------------------------------------------
     def state(self) -> dict:
@@ -365,11 +442,17 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
               "policy": model_identity(cfg.policy.name)}
     fingerprint = sha256_json({"stage": STAGE, "config": cfg.model_dump(mode="json"),
                                "inputs": inputs})
-    done = reuse_or_reset(stage, fingerprint, log, count_key="steps")
+    main = is_main_process()
+    done = reuse_or_reset(stage, fingerprint, log, count_key="steps") if main else None
+    wait_for_everyone()
+    done = done or finished(stage, fingerprint, count_key="steps")
     if done:
         return done
-    stage.path.mkdir(parents=True, exist_ok=True)
-    board = _tensorboard(cfg, stage.path)          # fails fast if the package is missing
+    per_process = per_device_batch(cfg.batch_size)
+    if main:
+        stage.path.mkdir(parents=True, exist_ok=True)
+    # fails fast if the package is missing; figures go to one writer
+    board = _tensorboard(cfg, stage.path) if main else (lambda row, group: None)
     torch.manual_seed(cfg.seed)
     policy, tok, value = load_models(cfg, pm_path)
     trainer = PPOTrainer(cfg, policy, tok, value, reward_fn or pm_reward(pm_path))
@@ -382,40 +465,46 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
     manifest = {"stage": STAGE, "status": "running", "fingerprint": fingerprint,
                 "config": cfg.model_dump(mode="json"), "inputs": inputs,
                 "train_prompts": len(train_rows), "eval_prompts": len(eval_rows),
-                "versions": package_versions()}
-    stage.write_manifest(manifest)
+                "processes": world_size(), "versions": package_versions()}
+    if main:
+        stage.write_manifest(manifest)
     convs = [conversation(r, None) for r in train_rows]
     held = [conversation(r, None) for r in eval_rows]
     t0 = time.time()
     if not evals:
         evals.append(trainer.evaluate(held, cfg.seed + 1))
-        _write_log(stage.path / "eval.jsonl", evals)
+        if main:
+            _write_log(stage.path / "eval.jsonl", evals)
+    first = rank() * per_process          # this process's share of each global batch
     while trainer.step_no < cfg.steps:
         k = trainer.step_no
-        batch = [convs[(k * cfg.batch_size + i) % len(convs)] for i in range(cfg.batch_size)]
-        logs.append(trainer.step(batch, seed=_step_seed(cfg.seed, k)))
+        batch = [convs[(k * cfg.batch_size + i) % len(convs)]
+                 for i in range(first, first + per_process)]
+        logs.append(trainer.step(batch, seed=_step_seed(cfg.seed, k) + rank()))
         board(logs[-1], "train")
         log(f"{STAGE} step {trainer.step_no}/{cfg.steps}: reward {logs[-1]['reward']:.3f} "
             f"kl {logs[-1]['kl']:.3f}")
         if trainer.step_no % cfg.eval_every == 0 or trainer.step_no == cfg.steps:
             evals.append(trainer.evaluate(held, cfg.seed + 1))
             board(evals[-1], "eval")
-            if cfg.snapshots and trainer.step_no < cfg.steps:
+            if cfg.snapshots and trainer.step_no < cfg.steps and main:
                 save_snapshot(trainer.policy, tok, cfg, stage.path, trainer.step_no)
-        if trainer.step_no % cfg.save_every == 0 or trainer.step_no == cfg.steps:
+        if main and (trainer.step_no % cfg.save_every == 0 or trainer.step_no == cfg.steps):
             # logs first, then the checkpoint: a resume trims logs back to the checkpoint
             _write_log(stage.path / "log.jsonl", logs)
             _write_log(stage.path / "eval.jsonl", evals)
             tmp = ckpt.with_suffix(".tmp")
             torch.save(trainer.state(), tmp)
             tmp.replace(ckpt)
-    model = trainer.policy.merge_and_unload() if cfg.lora else trainer.policy
-    save_atomically(model, tok, final, {"stage": STAGE, "kind": "ppo"})
     manifest.update(status="complete", steps=cfg.steps, seconds=time.time() - t0,
                     reward_before=evals[0]["reward"], reward_after=evals[-1]["reward"],
                     kl_after=evals[-1]["kl"], output="model")
-    stage.write_manifest(manifest)
-    ckpt.unlink(missing_ok=True)
+    if main:
+        model = trainer.policy.merge_and_unload() if cfg.lora else trainer.policy
+        save_atomically(model, tok, final, {"stage": STAGE, "kind": "ppo"})
+        stage.write_manifest(manifest)
+        ckpt.unlink(missing_ok=True)
+    wait_for_everyone()
     return StageResult(STAGE, final, cfg.steps, manifest["seconds"], skipped=False)
 
 

@@ -63,7 +63,8 @@ class SFTTrainConfig(StrictModel):
                                         "1e-5 for full fine-tuning.")
     epochs: float = Field(1.0, gt=0)
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs).")
-    batch_size: int = Field(8, ge=1, description="Examples per device step.")
+    batch_size: int = Field(8, ge=1, description="Examples per step over all "
+                            "processes (each takes an equal share).")
     grad_accum: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
     max_length: int = Field(512, ge=16, description="Tokens per example (longer ones are "
                             "truncated).")
@@ -121,18 +122,20 @@ def train(cfg: SFTTrainConfig, rows: list[dict], checkpoints: Path, final: Path,
 
 def make_trainer(cfg: SFTTrainConfig, rows: list[dict], checkpoints: Path):
     import datasets
-    import torch
     from trl import SFTConfig, SFTTrainer
+
+    from constitutional.train.distributed import per_device_batch, trainer_device_args
 
     datasets.disable_progress_bars()
     bf16 = use_bf16(cfg.precision)
     model, tok = load_trainable(cfg, bf16)
     args = SFTConfig(
-        output_dir=str(checkpoints), per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=per_device_batch(cfg.batch_size),
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate or (2e-4 if cfg.lora else 1e-5),
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
-        bf16=bf16, use_cpu=not torch.cuda.is_available(),
+        bf16=bf16, **trainer_device_args(),
         activation_checkpointing=cfg.activation_checkpointing, warmup_steps=cfg.warmup_steps,
         logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
         seed=cfg.seed, report_to=[], completion_only_loss=True)

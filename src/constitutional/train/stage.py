@@ -4,6 +4,9 @@ Shared by SL-CAI fine-tuning and the preference model. The stage folder holds tr
 (the exact rows trained on), checkpoints/ (Trainer checkpoints: a restarted run with the same
 config and data continues from the latest), log_history.json, and model/ (an ordinary Hugging
 Face folder that appears by atomic rename, so its presence means the stage finished).
+
+Under `accelerate launch` every process runs the stage; the main process alone clears,
+writes and saves, and the others wait for it at barriers (see train/distributed.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Callable
 
 from constitutional.artifacts import StageDir, StageResult, package_versions
 from constitutional.jsonio import sha256_json, write_json_atomic, write_jsonl_atomic
+from constitutional.train.distributed import is_main_process, wait_for_everyone, world_size
 
 # train(rows, stage_dir, final_dir, log) -> the Trainer's log history
 TrainFn = Callable[[list[dict], Path, Path, Callable[[str], None]], list[dict]]
@@ -27,25 +31,40 @@ def run_training_stage(name: str, config: dict, inputs: dict[str, str],
     stage = StageDir(run_dir, name)
     final = stage.path / "model"
     fingerprint = sha256_json({"stage": name, "config": config, "inputs": inputs})
-    done = reuse_or_reset(stage, fingerprint, log)
+    done = reuse_or_reset(stage, fingerprint, log) if is_main_process() else None
+    wait_for_everyone()                 # the others see the folder as the main process left it
+    done = done or finished(stage, fingerprint)
     if done:
         return done
-    rows = build_rows()
-    stage.path.mkdir(parents=True, exist_ok=True)
-    write_jsonl_atomic(stage.path / "train.jsonl", rows)
+    rows = build_rows()                 # deterministic: every process builds the same rows
     manifest = {"stage": name, "status": "running", "fingerprint": fingerprint,
                 "config": config, "inputs": inputs, "rows": len(rows),
-                "versions": package_versions()}
-    stage.write_manifest(manifest)
+                "processes": world_size(), "versions": package_versions()}
+    if is_main_process():
+        stage.path.mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(stage.path / "train.jsonl", rows)
+        stage.write_manifest(manifest)
     t0 = time.time()
     history = train(rows, stage.path, final, log)
-    write_json_atomic(stage.path / "log_history.json", history)
     manifest.update(status="complete", seconds=time.time() - t0, output="model",
                     final_loss=next((h["train_loss"] for h in reversed(history)
                                      if "train_loss" in h), None),
                     **(summarize(history) if summarize else {}))
-    stage.write_manifest(manifest)
+    if is_main_process():
+        write_json_atomic(stage.path / "log_history.json", history)
+        stage.write_manifest(manifest)
+    wait_for_everyone()
     return StageResult(name, final, len(rows), manifest["seconds"], skipped=False)
+
+
+def finished(stage: StageDir, fingerprint: str, count_key: str = "rows") -> StageResult | None:
+    """The stage's result if it completed with this fingerprint and its model is there."""
+    m = stage.manifest()
+    if m and m.get("fingerprint") == fingerprint and m.get("status") == "complete" and \
+            (stage.path / "model").is_dir():
+        return StageResult(stage.name, stage.path / "model", m.get(count_key, 0), 0.0,
+                           skipped=True)
+    return None
 
 
 def reuse_or_reset(stage: StageDir, fingerprint: str, log: Callable[[str], None],
@@ -53,11 +72,10 @@ def reuse_or_reset(stage: StageDir, fingerprint: str, log: Callable[[str], None]
     """The finished result if the stage completed with this fingerprint; otherwise None,
     after clearing a stage left by another config or other inputs (a stage with the same
     fingerprint is kept, so its checkpoints resume)."""
-    final = stage.path / "model"
+    done = finished(stage, fingerprint, count_key)
+    if done:
+        return done
     m = stage.manifest()
-    if m and m.get("fingerprint") == fingerprint and m.get("status") == "complete" and \
-            final.is_dir():
-        return StageResult(stage.name, final, m.get(count_key, 0), 0.0, skipped=True)
     if m and m.get("fingerprint") != fingerprint:
         log(f"{stage.name}: config or inputs changed since the last run; training from scratch")
         shutil.rmtree(stage.path)
@@ -72,9 +90,55 @@ def train_and_save(trainer, checkpoints: Path, final: Path, lora: bool, note: di
     if resume:
         log(f"{note.get('stage', 'train')}: resuming from the latest checkpoint in {checkpoints}")
     trainer.train(resume_from_checkpoint=resume or None)
-    model = trainer.model.merge_and_unload() if lora else trainer.model
-    save_atomically(model, trainer.processing_class, final, {**note, "lora_merged": lora})
+    note = {**note, "lora_merged": lora}
+    if world_size() > 1:
+        save_from_processes(trainer, final, lora, note)
+    else:
+        model = trainer.model.merge_and_unload() if lora else trainer.model
+        save_atomically(model, trainer.processing_class, final, note)
     return trainer.state.log_history
+
+
+def save_from_processes(trainer, final: Path, lora: bool, note: dict) -> None:
+    """Save a model trained by several processes. Trainer.save_model is collective: it
+    gathers DDP, FSDP or DeepSpeed ZeRO-3 weights into one folder on the main process (for
+    LoRA, the adapters); the main process then merges adapters into their base and renames
+    the folder into place."""
+    import json
+
+    gathered = final.with_name(final.name + ".gathered")
+    if is_main_process():
+        shutil.rmtree(gathered, ignore_errors=True)
+    wait_for_everyone()
+    trainer.save_model(str(gathered))
+    if is_main_process():
+        (gathered / "training_args.bin").unlink(missing_ok=True)   # a pickle; not for users
+        if lora:
+            merged = merge_saved_adapters(gathered, trainer.model)
+            save_atomically(merged, trainer.processing_class, final, note)
+            shutil.rmtree(gathered)
+        else:
+            (gathered / "cai_train.json").write_text(json.dumps(note))
+            shutil.rmtree(final, ignore_errors=True)
+            gathered.rename(final)
+    wait_for_everyone()
+
+
+def merge_saved_adapters(folder: Path, trained):
+    """Load the base named in a saved LoRA adapter (in the dtype it was trained in), apply the
+    adapter, merge it in. The trained model's pad_token_id is kept (the preference model sets
+    it on its base, and batched scoring needs it)."""
+    from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification, PeftConfig
+
+    extra = {"dtype": trained.get_base_model().dtype}
+    if PeftConfig.from_pretrained(str(folder)).task_type == "SEQ_CLS":
+        cls, extra["num_labels"] = AutoPeftModelForSequenceClassification, \
+            trained.config.num_labels
+    else:
+        cls = AutoPeftModelForCausalLM
+    merged = cls.from_pretrained(str(folder), **extra).merge_and_unload()
+    merged.config.pad_token_id = trained.config.pad_token_id
+    return merged
 
 
 def save_atomically(model, tok, final: Path, note: dict) -> None:
