@@ -168,3 +168,22 @@ def test_whiten_across_processes_uses_the_whole_batch():
     share = whiten(xa, ma, total=lambda t: t + next(others))
     assert torch.allclose(share, whole[:2], atol=1e-6)
     assert not torch.allclose(whiten(xa, ma), whole[:2], atol=1e-3)   # local stats differ
+
+
+def test_ppo_reads_log_probs_at_the_sampling_temperature(tiny_llama):
+    """Rollouts sampled at temperature T come from softmax(logits / T): the ratio and the KL
+    must use that distribution, not the untempered one."""
+    trainer = toy_trainer(tiny_llama, 1e-3, lora=False, temperature=0.5)
+    convs = [[{"role": "user", "content": f"hi {i}"}] for i in range(3)]
+    _, b = trainer.rollout(convs, seed=0)
+    logp, entropy = trainer.logprobs(trainer.policy, b, with_entropy=True)
+    Q, T = b["Q"], b["mask"].shape[1]
+    with torch.no_grad():
+        logits = trainer.policy(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                                position_ids=b["position_ids"]).logits[:, Q - 1:Q - 1 + T]
+    want = torch.log_softmax(logits.float() / 0.5, -1)
+    ids = b["input_ids"][:, Q:Q + T, None]
+    assert torch.allclose(logp, want.gather(-1, ids).squeeze(-1), atol=1e-4)
+    assert torch.allclose(entropy, -(want.exp() * want).sum(-1), atol=1e-4)
+    untempered = torch.log_softmax(logits.float(), -1).gather(-1, ids).squeeze(-1)
+    assert not torch.allclose(logp, untempered, atol=1e-2)

@@ -255,12 +255,15 @@ class PPOTrainer:
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
                            position_ids=b["position_ids"], logits_to_keep=keep,
                            use_cache=False).logits
-        logits = logits.float()                                             # [B, T, V]
+        # The rollouts were sampled from softmax(logits / temperature): the ratio, the KL and
+        # the entropy are taken under that same distribution.
+        logits = logits.float() / self.cfg.temperature                      # [B, T, V]
         logp_all = torch.log_softmax(logits, -1)
         logp = logp_all.gather(-1, b["input_ids"][:, Q:Q + T, None]).squeeze(-1)
         if not with_entropy:
             return logp
-        return logp, -(logp_all.exp() * logp_all).sum(-1)
+        p = logp_all.exp()
+        return logp, -torch.special.xlogy(p, p).sum(-1)       # 0 log 0 = 0 at low temperature
 
     def values(self, b: dict, reader=None):
         """The value model's estimate before each response token, [B, T]."""
@@ -480,7 +483,9 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
         k = trainer.step_no
         batch = [convs[(k * cfg.batch_size + i) % len(convs)]
                  for i in range(first, first + per_process)]
-        logs.append(trainer.step(batch, seed=_step_seed(cfg.seed, k) + rank()))
+        # one seed for all processes: the engine draws a stream per prompt, so a prompt's
+        # rollout is the same on 1 process or N
+        logs.append(trainer.step(batch, seed=_step_seed(cfg.seed, k)))
         board(logs[-1], "train")
         log(f"{STAGE} step {trainer.step_no}/{cfg.steps}: reward {logs[-1]['reward']:.3f} "
             f"kl {logs[-1]['kl']:.3f}")
