@@ -144,7 +144,8 @@ def test_ppo_on_two_processes_matches_one(tmp_path, tiny_llama):
     assert r.returncode == 0, r.stderr
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     tail = ["--from", "rl", "--until", "rl", "rl.ppo.mini_batch_size=4"]
-    r = run_cai(args + ["--out", "one"] + tail, tmp_path)
+    # the 1-process run also writes TensorBoard events (read back below)
+    r = run_cai(args + ["--out", "one", "rl.ppo.report_to=[tensorboard]"] + tail, tmp_path)
     assert r.returncode == 0, r.stderr
     r2 = launch(args + ["--out", "two"] + tail, tmp_path)
     assert r2.returncode == 0, r2.stderr[-3000:]
@@ -170,3 +171,13 @@ def test_ppo_on_two_processes_matches_one(tmp_path, tiny_llama):
     assert r2.stdout.count("RL (PPO):") == 1
     again = launch(args + ["--out", "two"] + tail, tmp_path)
     assert again.returncode == 0 and "reused" in again.stdout, again.stderr[-2000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "one/rl/tensorboard"))
+    board.Reload()
+    assert [(e.step, round(e.value, 5)) for e in board.Scalars("train/reward")] == \
+        [(x["step"], round(x["reward"], 5)) for x in rows("one", "log.jsonl")]
+    assert [e.step for e in board.Scalars("eval/kl")] == [0, 2, 4]
+    assert {"train/kl", "train/entropy", "train/clip_frac", "train/value_loss"} <= \
+        set(board.Tags()["scalars"])
+    assert not (tmp_path / "two/rl/tensorboard").exists()

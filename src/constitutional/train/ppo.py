@@ -476,6 +476,7 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
     t0 = time.time()
     if not evals:
         evals.append(trainer.evaluate(held, cfg.seed + 1))
+        board(evals[-1], "eval")
         if main:
             _write_log(stage.path / "eval.jsonl", evals)
     first = rank() * per_process          # this process's share of each global batch
