@@ -121,16 +121,22 @@ def test_pm_and_dpo_stages_of_a_recipe_on_two_processes(tmp_path, tiny_llama):
 
 
 def test_per_process_batch_split(monkeypatch):
+    import torch
+
     from constitutional.errors import InputError
     from constitutional.train.distributed import per_device_batch, trainer_device_args
 
-    assert per_device_batch(8) == 8 and trainer_device_args()["use_cpu"] is True
+    assert per_device_batch(8) == 8
+    assert trainer_device_args()["use_cpu"] is (not torch.cuda.is_available())
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert per_device_batch(8) == 2
-    assert trainer_device_args()["ddp_backend"] == "gloo"
+    assert trainer_device_args()["ddp_find_unused_parameters"] is False
+    if not torch.cuda.is_available():
+        assert trainer_device_args()["ddp_backend"] == "gloo"
     with pytest.raises(InputError) as e:
         per_device_batch(6, "pm.batch_size")
     assert e.value.field == "pm.batch_size" and "multiple of 4" in str(e.value)
+    assert "pm.batch_size 6 does not split over 4" in str(e.value)
 
 
 def test_ppo_on_two_processes_matches_one(tmp_path, tiny_llama):

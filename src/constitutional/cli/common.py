@@ -37,11 +37,8 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v",
 
 
 def log(msg: str) -> None:
-    """Progress messages, from the main process only when several are launched."""
-    from constitutional.train.distributed import is_main_process
-
-    if is_main_process():
-        err.print(msg, highlight=False)
+    """Progress messages (quiet on all but the main process under a launcher; see _main)."""
+    err.print(msg, highlight=False)
 
 
 def flags(**kw) -> dict:

@@ -88,13 +88,14 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
     from constitutional.stages.sl_cai import run_sl_cai
 
     run_dir = Path(run_dir)
-    check_launch(cfg, select(cfg.stages, start, until))
+    stages = select(cfg.stages, start, until)
+    check_launch(stages)
     sl_model = run_dir / "sl_model" / "model"
     results: list[StageResult] = []
     from constitutional.backends import BackendCache
 
     self_align_models = BackendCache(load_backend)   # SELF-ALIGN's models, each loaded once
-    for name in select(cfg.stages, start, until):
+    for name in stages:
         if name in NEEDS_SL_MODEL and not sl_model.is_dir():
             raise InputError("no SL-CAI model in this run yet: run the sl-cai stage first",
                              path=str(sl_model))
@@ -129,7 +130,7 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
     return results
 
 
-def check_launch(cfg: RecipeConfig, stages: list[str]) -> None:
+def check_launch(stages: list[str]) -> None:
     """Under `accelerate launch` (several processes) only the Trainer-based training stages
     run: generation and labeling stages scale through vLLM or servers instead, and would
     otherwise be done once per process."""

@@ -40,7 +40,7 @@ def per_device_batch(batch_size: int, field: str = "batch_size") -> int:
     """The per-process share of a global micro-batch; refuses a split that is not even."""
     n = world_size()
     if batch_size % n:
-        raise InputError(f"batch_size {batch_size} does not split over {n} processes; use a "
+        raise InputError(f"{field} {batch_size} does not split over {n} processes; use a "
                          f"multiple of {n}", field=field)
     return batch_size // n
 

@@ -101,7 +101,6 @@ def make_trainer(cfg: DPOTrainConfig, rows: list[dict], checkpoints: Path):
     from trl import DPOConfig, DPOTrainer
 
     from constitutional.train.distributed import per_device_batch, trainer_device_args
-
     from constitutional.train.losses import soft_dpo_loss
     from constitutional.train.sft import load_trainable
 

@@ -40,7 +40,7 @@ from constitutional.jsonio import seeded_fraction, sha256_file, sha256_json, wri
 from constitutional.train.distributed import (is_main_process, per_device_batch, rank,
                                               wait_for_everyone, world_size)
 from constitutional.train.sft import LoraSettings, use_bf16
-from constitutional.train.stage import finished, reuse_or_reset, save_atomically
+from constitutional.train.stage import reuse_or_reset, save_atomically
 
 STAGE = "rl"
 RewardFn = Callable[[Sequence[Sequence[dict]], Sequence[str]], list[float]]
@@ -191,16 +191,16 @@ class PPOTrainer:
         self.train_policy = self.acc.prepare_model(self.policy, device_placement=False)
         self.train_values = self.acc.prepare_model(self.value_reader, device_placement=False)
 
-    def _total(self):
-        """Sum over processes (None on one process: nothing to add)."""
-        return (lambda t: self.acc.reduce(t, "sum")) if self.acc.num_processes > 1 else None
+    def _total(self, t):
+        """Sum over processes (the tensor itself on one process)."""
+        return self.acc.reduce(t, "sum")
 
-    def _mean_over_processes(self, x: float) -> float:
+    def _means_over_processes(self, figures: dict[str, float]) -> dict[str, float]:
+        """Each figure averaged over the processes, in one all-reduce."""
         import torch
 
-        if self.acc.num_processes == 1:
-            return x
-        return self.acc.reduce(torch.tensor([x], device=self.acc.device), "mean").item()
+        v = torch.tensor(list(figures.values()), dtype=torch.float64, device=self.acc.device)
+        return dict(zip(figures, self.acc.reduce(v, "mean").tolist()))
 
     # -- rollouts -------------------------------------------------------------------------
     def rollout(self, convs: list[list[dict]], seed: int, temperature: float | None = None):
@@ -307,9 +307,7 @@ class PPOTrainer:
             old_values = self.values(b)
             raw = torch.tensor(self.reward_fn(convs, texts), dtype=torch.float32)
             if cfg.normalize_rewards:   # the running std of every process's scores
-                all_raw = self.acc.gather(raw.to(self.acc.device)).cpu() \
-                    if self.acc.num_processes > 1 else raw
-                self._normalize(all_raw)
+                self._normalize(self.acc.gather(raw.to(self.acc.device)).cpu())
                 score = raw / self._score_std()
             else:
                 score = raw
@@ -317,7 +315,7 @@ class PPOTrainer:
             rewards = L.token_rewards(score, kl, mask, self.kl.value)
             adv, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
-                adv = L.whiten(adv, mask, total=self._total())
+                adv = L.whiten(adv, mask, total=self._total)
         self.policy.train()
         self.value.train()
         gen = torch.Generator().manual_seed(seed)
@@ -343,16 +341,16 @@ class PPOTrainer:
                 stats["value_loss"].append(vl.item())
                 stats["clip_frac"].append(frac.item())
         # the whole batch's figures: every process holds an equal share of it
-        mean = self._mean_over_processes
-        seq_kl = mean(kl.sum(1).mean().item())
+        figures = self._means_over_processes({
+            "reward": raw.mean().item(), "kl": kl.sum(1).mean().item(),
+            "entropy": L.masked_mean(entropy, mask).item(),
+            "response_tokens": mask.sum(1).mean().item(),
+            **{k: sum(v) / len(v) for k, v in stats.items()}})
         coef = self.kl.value
         if cfg.adaptive_kl:
-            self.kl.update(seq_kl, n * self.acc.num_processes)
+            self.kl.update(figures["kl"], n * self.acc.num_processes)
         self.step_no += 1
-        return {"step": self.step_no, "reward": mean(raw.mean().item()), "kl": seq_kl,
-                "kl_coef": coef, "entropy": mean(L.masked_mean(entropy, mask).item()),
-                "response_tokens": mean(mask.sum(1).mean().item()),
-                **{k: mean(sum(v) / len(v)) for k, v in stats.items()}}
+        return {"step": self.step_no, "kl_coef": coef, **figures}
 
     def evaluate(self, convs: list[list[dict]], seed: int) -> dict:
         """Mean reward and KL to the reference on held-out prompts (fixed seed each time)."""
@@ -369,10 +367,10 @@ class PPOTrainer:
                 kls = (L.kl_penalty(self.logprobs(self.policy, b), self.ref_logprobs(b)) *
                        b["mask"]).sum(1).tolist()
             rows = list(zip(share, texts, self.reward_fn(share, texts), kls))
-        if w > 1:
-            from accelerate.utils import gather_object
-            rows = gather_object([rows])            # one list per process, in rank order
-            rows = [r for part in rows for r in part]
+        from accelerate.utils import gather_object
+
+        # one list per process, in rank order (on one process, the list itself)
+        rows = [r for part in gather_object([rows]) for r in part]
         scores = [r[2] for r in rows]
         return {"step": self.step_no, "reward": sum(scores) / len(scores),
                 "kl": sum(r[3] for r in rows) / len(rows),
@@ -445,13 +443,11 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = pr
               "policy": model_identity(cfg.policy.name)}
     fingerprint = sha256_json({"stage": STAGE, "config": cfg.model_dump(mode="json"),
                                "inputs": inputs})
-    main = is_main_process()
-    done = reuse_or_reset(stage, fingerprint, log, count_key="steps") if main else None
-    wait_for_everyone()
-    done = done or finished(stage, fingerprint, count_key="steps")
+    done = reuse_or_reset(stage, fingerprint, log, count_key="steps")
     if done:
         return done
     per_process = per_device_batch(cfg.batch_size)
+    main = is_main_process()
     if main:
         stage.path.mkdir(parents=True, exist_ok=True)
     # fails fast if the package is missing; figures go to one writer

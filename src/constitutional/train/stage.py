@@ -31,9 +31,7 @@ def run_training_stage(name: str, config: dict, inputs: dict[str, str],
     stage = StageDir(run_dir, name)
     final = stage.path / "model"
     fingerprint = sha256_json({"stage": name, "config": config, "inputs": inputs})
-    done = reuse_or_reset(stage, fingerprint, log) if is_main_process() else None
-    wait_for_everyone()                 # the others see the folder as the main process left it
-    done = done or finished(stage, fingerprint)
+    done = reuse_or_reset(stage, fingerprint, log)
     if done:
         return done
     rows = build_rows()                 # deterministic: every process builds the same rows
@@ -71,15 +69,14 @@ def reuse_or_reset(stage: StageDir, fingerprint: str, log: Callable[[str], None]
                    count_key: str = "rows") -> StageResult | None:
     """The finished result if the stage completed with this fingerprint; otherwise None,
     after clearing a stage left by another config or other inputs (a stage with the same
-    fingerprint is kept, so its checkpoints resume)."""
-    done = finished(stage, fingerprint, count_key)
-    if done:
-        return done
+    fingerprint is kept, so its checkpoints resume). Under several processes the main one
+    clears and the others wait, then all see the same folder."""
     m = stage.manifest()
-    if m and m.get("fingerprint") != fingerprint:
+    if is_main_process() and m and m.get("fingerprint") != fingerprint:
         log(f"{stage.name}: config or inputs changed since the last run; training from scratch")
         shutil.rmtree(stage.path)
-    return None
+    wait_for_everyone()
+    return finished(stage, fingerprint, count_key)
 
 
 def train_and_save(trainer, checkpoints: Path, final: Path, lora: bool, note: dict,
