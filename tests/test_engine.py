@@ -37,7 +37,10 @@ def hf_greedy(backend, prompt, max_new):
 
 
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen"])
-def test_batched_greedy_equals_transformers_generate(arch, request):
+@pytest.mark.parametrize("prefill_chunk", ["one piece", "one row per chunk"])
+def test_batched_greedy_equals_transformers_generate(arch, prefill_chunk, request, monkeypatch):
+    if prefill_chunk == "one row per chunk":
+        monkeypatch.setattr(kv_engine, "_PREFILL_CHUNK_TOKENS", 1)
     backend = load_backend_fp32(request.getfixturevalue(arch), batch_size=3)
     # 40 tokens crosses several cache growths; prompts of different lengths test left padding.
     outs = backend.generate(PROMPTS, Sampling(temperature=0.0, max_tokens=40))
@@ -47,8 +50,12 @@ def test_batched_greedy_equals_transformers_generate(arch, request):
         assert c.tokens == len(ref)
 
 
-def test_shared_prefix_prefill_matches_transformers_generate(llama_backend, monkeypatch):
+@pytest.mark.parametrize("prefill_chunk", ["one piece", "one row per chunk"])
+def test_shared_prefix_prefill_matches_transformers_generate(llama_backend, prefill_chunk,
+                                                             monkeypatch):
     """Few-shot prompts share a long prefix, prefilled once and broadcast to the batch."""
+    if prefill_chunk == "one row per chunk":
+        monkeypatch.setattr(kv_engine, "_PREFILL_CHUNK_TOKENS", 1)
     shots = [{"role": "user", "content": "An example question about cooking rice well?"},
              {"role": "assistant", "content": "Rinse it, then simmer it covered for twenty "
                                               "minutes and let it rest."}]
@@ -96,24 +103,33 @@ def test_length_finish_reason(llama_backend):
     assert c.finish_reason in ("length", "stop") and c.tokens <= 3
 
 
-def test_score_choices_equals_plain_forward(llama_backend):
-    be = llama_backend
-    options = [" (A)", " (B)", " maybe not"]
-    prompts = [PROMPTS[0], PROMPTS[3]]
-    got = be.score_choices(prompts, [options] * 2)
+def plain_forward_scores(be, prompts, options) -> list[list[float]]:
+    """Reference for score_choices: each prompt + option through a plain forward (stock SDPA
+    attention), summing the log-probs of the option's own tokens."""
     impl = be.model.config._attn_implementation
     be.model.config._attn_implementation = "sdpa"
+    out = []
     try:
-        for p, row in zip(prompts, got):
+        for p in prompts:
             fulls = [be.encode(p, o) for o in options]
             shared = min(_lcp(fulls[0], f) for f in fulls)
-            for f, value in zip(fulls, row):
+            row = []
+            for f in fulls:
                 with torch.inference_mode():
                     logp = torch.log_softmax(be.model(torch.tensor([f])).logits[0].float(), -1)
-                ref = sum(logp[t - 1, f[t]].item() for t in range(shared, len(f)))
-                assert value == pytest.approx(ref, abs=1e-4)
+                row.append(sum(logp[t - 1, f[t]].item() for t in range(shared, len(f))))
+            out.append(row)
     finally:
         be.model.config._attn_implementation = impl
+    return out
+
+
+def test_score_choices_equals_plain_forward(llama_backend):
+    options = [" (A)", " (B)", " maybe not"]
+    prompts = [PROMPTS[0], PROMPTS[3]]
+    got = llama_backend.score_choices(prompts, [options] * 2)
+    for row, ref in zip(got, plain_forward_scores(llama_backend, prompts, options)):
+        assert row == pytest.approx(ref, abs=1e-4)
 
 
 def test_letter_options_read_one_next_token_distribution(llama_backend):
@@ -186,19 +202,77 @@ def test_sample_tokens_top_p_wide_nucleus_is_exact():
     assert tok.item() in set(idx[0, :kept].tolist())
 
 
-def test_cache_growth_and_select():
+def _nucleus_reference(probs: torch.Tensor, top_p: float, u: float) -> int:
+    """One row, the whole vocabulary sorted: the smallest top set reaching top_p."""
+    vals, idx = probs.sort(descending=True)
+    kept = torch.where(vals.cumsum(-1) - vals < top_p, vals, torch.zeros_like(vals))
+    cum = kept.cumsum(-1)
+    pick = int(torch.searchsorted(cum, torch.tensor([u * cum[-1].item()])))
+    return int(idx[min(pick, len(idx) - 1)])
+
+
+def test_sample_tokens_rows_widen_alone_and_stay_exact():
+    # Rows from peaked (nucleus in the top 64) to flat (nucleus beyond 4096 tokens): each row
+    # gets exactly the token a full sort of that row alone gives, whatever its batch mates.
+    # (fp32 logits: no ties, so candidate order is the same in topk and sort.)
+    torch.manual_seed(0)
+    scales = torch.tensor([16.0, 8.0, 4.0, 2.0, 1.0, 0.05])
+    logits = torch.randn(len(scales), 6000) * scales[:, None]
+    probs = torch.softmax(logits, -1)
+    sizes = [int(((p.sort(descending=True).values.cumsum(-1)) < 0.95).sum()) + 1 for p in probs]
+    assert min(sizes) <= 64 and any(64 < n <= 512 for n in sizes) and max(sizes) > 4096
+    for u in torch.linspace(0.0, 0.999, 23):
+        uniforms = torch.full((len(scales),), float(u))
+        got = kv_engine.sample_tokens(logits, 1.0, 0.95, 0, uniforms).tolist()
+        ref = [_nucleus_reference(p, 0.95, float(u)) for p in probs]
+        assert got == ref
+
+
+def test_greedy_tokens_take_the_first_maximum():
+    logits = torch.tensor([[0.0, 3.0, 3.0, 1.0], [5.0, 5.0, 0.0, 5.0]], dtype=torch.bfloat16)
+    assert kv_engine.greedy_tokens(logits).tolist() == [1, 0]
+
+
+def test_cache_growth_select_and_views():
     cache = kv_engine.KVCache(1)
     cache.reserve(3)
     k = torch.arange(2 * 1 * 3 * 2, dtype=torch.float32).view(2, 1, 3, 2)
-    cache.update(k, k + 100, 0)
+    keys, values = cache.update(k, k + 100, 0)
+    assert torch.equal(keys, k) and torch.equal(values, k + 100)   # only the filled part
     cache.length = 3
     before = cache.capacity
     cache.reserve(before + 1)
-    assert cache.capacity > before
-    assert torch.equal(cache.k[0][:, :, :3], k)
-    assert torch.count_nonzero(cache.k[0][:, :, 3:]) == 0
+    assert cache.capacity > before and cache.k[0].shape[2] == cache.capacity
+    assert torch.equal(cache.k[0][:, :, :3], k) and torch.equal(cache.v[0][:, :, :3], k + 100)
+    new = torch.full((2, 1, 1, 2), -1.0)
+    keys, _ = cache.update(new, new, 0)
+    assert keys.shape == (2, 1, 4, 2) and torch.equal(keys[:, :, 3:], new)
+    cache.length = 4
     cache.select(torch.tensor([1]))
-    assert torch.equal(cache.k[0][0, :, :3], k[1])
+    assert cache.k[0].shape == (1, 1, cache.capacity, 2)
+    assert torch.equal(cache.k[0][0, :, :3], k[1]) and torch.equal(cache.k[0][0, :, 3:4], new[1])
+
+
+def test_concat_rows_and_broadcast_keep_the_filled_part():
+    a, b = kv_engine.KVCache(1), kv_engine.KVCache(1)
+    for cache, first in ((a, 0.0), (b, 10.0)):
+        cache.reserve(40)
+        rows = 1 if cache is a else 2
+        k = first + torch.arange(rows * 2 * 3 * 4, dtype=torch.float32).view(rows, 2, 3, 4)
+        cache.update(k, -k, 0)
+        cache.length, cache.valid = 3, torch.ones(rows, 3, dtype=torch.bool)
+    ka, kb = a.k[0][:, :, :3].clone(), b.k[0][:, :, :3].clone()
+    both = kv_engine.KVCache.concat_rows([a, b])
+    assert both.k[0].shape == (3, 2, 48, 4) and both.valid.shape == (3, 3)
+    assert torch.equal(both.k[0][:, :, :3], torch.cat([ka, kb]))
+    assert torch.equal(both.v[0][:, :, :3], -torch.cat([ka, kb]))
+    one = kv_engine.KVCache(1)
+    one.reserve(5)
+    one.update(ka, ka, 0)
+    one.length = 3
+    wide = one.broadcast(4, 20)
+    assert wide.capacity == 32 and wide.k[0].shape == (4, 2, 32, 4)
+    assert all(torch.equal(wide.k[0][r, :, :3], ka[0]) for r in range(4))
 
 
 def test_engine_attention_keeps_plain_transformers_generate_correct(tiny_llama):
@@ -216,3 +290,101 @@ def test_engine_attention_keeps_plain_transformers_generate_correct(tiny_llama):
               pad_token_id=0)
     with torch.inference_mode():
         assert patched.generate(ids, **kw).tolist() == stock.generate(ids, **kw).tolist()
+
+
+def _reference_attention(q, k, v, allowed):
+    """Grouped-query attention the slow way: K/V repeated per head, fp64."""
+    G = q.shape[1] // k.shape[1]
+    k, v = (t.double().repeat_interleave(G, dim=1) for t in (k, v))
+    scores = (q.double() @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    return (torch.softmax(scores, -1) @ v).transpose(1, 2)      # [B, q, H, d]
+
+
+@pytest.mark.parametrize("mask_kind", ["additive", "boolean"])
+def test_decode_attention_paths_match_reference(mask_kind):
+    """One new token per row: the fp32 path (two batched matmuls) and the bf16 path (SDPA)
+    both compute grouped-query attention over padded rows."""
+    torch.manual_seed(0)
+    B, H, Hkv, T, d = 5, 6, 2, 19, 16
+    q, k, v = torch.randn(B, H, 1, d), torch.randn(B, Hkv, T, d), torch.randn(B, Hkv, T, d)
+    allowed = torch.ones(B, 1, 1, T, dtype=torch.bool)
+    allowed[1, ..., :7] = False                           # left padding of one row
+    allowed[3, ..., 4:9] = False
+    ref = _reference_attention(q, k, v, allowed)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 3e-2)):
+        mask = allowed if mask_kind == "boolean" else \
+            torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, float("-inf"))
+        out, _ = kv_engine._attention(None, q.to(dtype), k.to(dtype), v.to(dtype), mask)
+        assert out.shape == (B, 1, H, d)
+        assert torch.allclose(out.double(), ref, atol=tol), dtype
+
+
+def test_packed_linears_match_plain_and_follow_weight_updates(tiny_llama):
+    from constitutional.backends import cpu_runtime
+    from constitutional.backends.transformers_backend import load_model_and_tokenizer
+    if not cpu_runtime.supported():
+        pytest.skip("this torch build has no oneDNN linear ops")
+    model, _ = load_model_and_tokenizer(str(tiny_llama), dtype=torch.bfloat16,
+                                        device=torch.device("cpu"))
+    ids = torch.tensor([[5, 17, 42, 9, 33, 7, 2, 8]])
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    with torch.inference_mode():
+        plain = model(ids).logits
+        with cpu_runtime.packed_linears(model):
+            assert all("forward" in m.__dict__ for m in linears)
+            with cpu_runtime.packed_linears(model):        # nested: the outer routing stays
+                pass
+            assert all("forward" in m.__dict__ for m in linears)
+            packed = model(ids).logits
+    assert not any("forward" in m.__dict__ for m in linears)
+    assert torch.allclose(packed.float(), plain.float(), atol=1e-2)
+    # An optimizer-style in-place update: the next packed use repacks instead of reusing.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1.0)
+    with torch.inference_mode():
+        updated = model(ids).logits
+        with cpu_runtime.packed_linears(model):
+            packed_after = model(ids).logits
+    assert torch.allclose(packed_after.float(), updated.float(), atol=1e-2)
+    assert not torch.allclose(updated.float(), plain.float(), atol=1e-2)
+
+
+def test_bf16_engine_scores_match_plain_bf16_forward(tiny_llama):
+    """The bf16 fast path (packed linears, SDPA, chunked prefill) reads the same log-probs as
+    a plain bf16 forward, to bf16 precision."""
+    from constitutional.backends.transformers_backend import (TransformersBackend,
+                                                              load_model_and_tokenizer)
+    model, tok = load_model_and_tokenizer(str(tiny_llama), dtype=torch.bfloat16,
+                                          device=torch.device("cpu"))
+    be = TransformersBackend(model, tok, "tiny-bf16")
+    options = [" (A)", " (B)", " maybe not"]
+    got = be.score_choices(PROMPTS[:2], [options] * 2)
+    for row, ref in zip(got, plain_forward_scores(be, PROMPTS[:2], options)):
+        for value, r in zip(row, ref):
+            assert value == pytest.approx(r, abs=0.05 + 0.01 * abs(r))
+
+
+def test_bf16_greedy_decode_follows_plain_bf16_forward(tiny_llama, monkeypatch):
+    """Greedy decoding on the bf16 fast path (packed linears, SDPA over cache views, row-chunked
+    prefill, left padding): every token it picks is, under a plain bf16 forward of the whole
+    sequence, the most likely one up to bf16 rounding."""
+    from constitutional.backends.transformers_backend import (TransformersBackend,
+                                                              load_model_and_tokenizer)
+    monkeypatch.setattr(kv_engine, "_PREFILL_CHUNK_TOKENS", 1)
+    model, tok = load_model_and_tokenizer(str(tiny_llama), dtype=torch.bfloat16,
+                                          device=torch.device("cpu"))
+    be = TransformersBackend(model, tok, "tiny-bf16", batch_size=4)
+    outs = be.generate(PROMPTS, Sampling(temperature=0.0, max_tokens=24))
+    model.config._attn_implementation = "sdpa"
+    gaps = []
+    for prompt, (c,) in zip(PROMPTS, outs):
+        ids = be.encode(prompt)
+        new = c.extra["token_ids"]
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids + new])).logits[0].float()
+        for i, t in enumerate(new):
+            row = logits[len(ids) + i - 1]
+            gaps.append(float(row.max() - row[t]))
+    assert len(gaps) > 40
+    assert max(gaps) < 0.15, sorted(gaps)[-5:]

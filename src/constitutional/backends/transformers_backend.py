@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 
 from constitutional.backends import kv_engine
+from constitutional.backends.cpu_runtime import keep_freed_memory
 from constitutional.backends.base import (Completion, Progress, Prompt, Sampling, cut_at_stop,
                                           prompt_key, sample_seed)
 from constitutional.errors import InputError
@@ -71,6 +72,8 @@ def load_model_and_tokenizer(path: str, *, dtype: torch.dtype, device: torch.dev
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"could not load model '{name or path}': {first}") from None
     model.to(device).eval()
+    if device.type == "cpu":
+        keep_freed_memory()
     return model, tok
 
 
