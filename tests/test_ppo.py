@@ -93,6 +93,27 @@ def test_ppo_steps_raise_a_toy_reward_on_a_tiny_model(tiny_llama):
         assert all(math.isfinite(r[key]) for r in logs)
 
 
+def test_normalized_rewards_weigh_kl_by_the_score_std_in_pm_units(tiny_llama, monkeypatch):
+    """normalize_rewards keeps the scores as the PM gives them (the value model starts from
+    the PM, in its units) and scales the KL coefficient by the scores' running std."""
+    from constitutional.train import losses
+
+    trainer = toy_trainer(tiny_llama, 1e-4, lora=False, kl_coef=0.2, normalize_rewards=True)
+    scores = [1.0, 3.0] * 8                    # std (n - 1) = sqrt(16 / 15 * 1) over 16 scores
+    trainer.reward_fn = lambda convs, texts: scores
+    seen = []
+    real = losses.token_rewards
+    monkeypatch.setattr(losses, "token_rewards",
+                        lambda score, kl, mask, coef: seen.append((score, coef))
+                        or real(score, kl, mask, coef))
+    convs = [[{"role": "user", "content": f"hi {i}"}] for i in range(16)]
+    row = trainer.step(convs, seed=0)
+    score, coef = seen[0]
+    assert score.tolist() == scores
+    assert coef == pytest.approx(0.2 * (16 / 15) ** 0.5)
+    assert row["kl_coef"] == pytest.approx(0.2) and row["reward"] == pytest.approx(2.0)
+
+
 def test_ppo_lora_reference_is_the_adapter_free_policy(tiny_llama):
     trainer = toy_trainer(tiny_llama, 1e-2, lora=True, kl_coef=0.1, adaptive_kl=True,
                           kl_target=0.5, kl_horizon=100)

@@ -85,8 +85,11 @@ class PPOConfig(StrictModel):
     value_clip: float | None = Field(0.2, gt=0)
     vf_coef: float = Field(0.1, ge=0)
     whiten_advantages: bool = True
-    normalize_rewards: bool = Field(False, description="Scale PM scores by the running "
-                                    "std of scores seen so far.")
+    normalize_rewards: bool = Field(False, description="Weigh the KL penalty in units of "
+                                    "the running std of the PM's scores (kl_coef x std per "
+                                    "nat): the same balance as dividing the scores by their "
+                                    "std, but returns stay in the PM's own units, where the "
+                                    "value model initialized from the PM starts.")
     max_grad_norm: float = 1.0
     eval_every: int = Field(4, ge=1)
     eval_temperature: float = Field(0.0, ge=0, description="Decoding of the held-out "
@@ -306,13 +309,15 @@ class PPOTrainer:
             ref_logp = self.ref_logprobs(b)
             old_values = self.values(b)
             raw = torch.tensor(self.reward_fn(convs, texts), dtype=torch.float32)
+            coef = self.kl.value
             if cfg.normalize_rewards:   # the running std of every process's scores
                 self._normalize(self.acc.gather(raw.to(self.acc.device)).cpu())
-                score = raw / self._score_std()
-            else:
-                score = raw
+                # Scaling the KL term up, not the scores down: dividing the scores by a std of
+                # ~0.1 put returns ~10x away from the value model's PM-initialized estimates,
+                # and its loss spent half the quickstart's iterations catching up.
+                coef = coef * self._score_std()
             kl = L.kl_penalty(old_logp, ref_logp, cfg.kl_estimator) * mask
-            rewards = L.token_rewards(score, kl, mask, self.kl.value)
+            rewards = L.token_rewards(raw, kl, mask, coef)
             adv, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
                 adv = L.whiten(adv, mask, total=self._total)
@@ -346,11 +351,11 @@ class PPOTrainer:
             "entropy": L.masked_mean(entropy, mask).item(),
             "response_tokens": mask.sum(1).mean().item(),
             **{k: sum(v) / len(v) for k, v in stats.items()}})
-        coef = self.kl.value
+        kl_coef = self.kl.value
         if cfg.adaptive_kl:
             self.kl.update(figures["kl"], n * self.acc.num_processes)
         self.step_no += 1
-        return {"step": self.step_no, "kl_coef": coef, **figures}
+        return {"step": self.step_no, "kl_coef": kl_coef, **figures}
 
     def evaluate(self, convs: list[list[dict]], seed: int) -> dict:
         """Mean reward and KL to the reference on held-out prompts (fixed seed each time)."""
