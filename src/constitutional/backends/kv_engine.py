@@ -1,8 +1,9 @@
 """Batched decoding and choice scoring on a Hugging Face causal LM, with a KV cache we own.
 
 The model's own modules do the math; we own three things that decide speed on a CPU:
-- the KV cache: per-layer buffers grown in blocks, written in place (transformers' DynamicCache
-  re-concatenates the whole cache every token, two thirds of a decode step at batch 64);
+- the KV cache: per-layer buffers with the whole decode budget reserved up front, written in
+  place and read as views of their filled part (transformers' DynamicCache re-concatenates the
+  whole cache every token, two thirds of a decode step at batch 64);
 - attention: SDPA over that buffer with grouped-query heads read in place (no KV repeat), and
   in fp32 decoding two small batched matmuls, which are faster there;
 - the batch: explicit position ids and 4D masks (left padding, a shared prefix broadcast to
