@@ -57,6 +57,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/engine_parts.py
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/critique.py
 	$(BIN)/python bench/label.py

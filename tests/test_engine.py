@@ -37,10 +37,7 @@ def hf_greedy(backend, prompt, max_new):
 
 
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_qwen"])
-@pytest.mark.parametrize("prefill_chunk", ["one piece", "one row per chunk"])
-def test_batched_greedy_equals_transformers_generate(arch, prefill_chunk, request, monkeypatch):
-    if prefill_chunk == "one row per chunk":
-        monkeypatch.setattr(kv_engine, "_PREFILL_CHUNK_TOKENS", 1)
+def test_batched_greedy_equals_transformers_generate(arch, request):
     backend = load_backend_fp32(request.getfixturevalue(arch), batch_size=3)
     # 40 tokens crosses several cache growths; prompts of different lengths test left padding.
     outs = backend.generate(PROMPTS, Sampling(temperature=0.0, max_tokens=40))
@@ -50,12 +47,8 @@ def test_batched_greedy_equals_transformers_generate(arch, prefill_chunk, reques
         assert c.tokens == len(ref)
 
 
-@pytest.mark.parametrize("prefill_chunk", ["one piece", "one row per chunk"])
-def test_shared_prefix_prefill_matches_transformers_generate(llama_backend, prefill_chunk,
-                                                             monkeypatch):
+def test_shared_prefix_prefill_matches_transformers_generate(llama_backend, monkeypatch):
     """Few-shot prompts share a long prefix, prefilled once and broadcast to the batch."""
-    if prefill_chunk == "one row per chunk":
-        monkeypatch.setattr(kv_engine, "_PREFILL_CHUNK_TOKENS", 1)
     shots = [{"role": "user", "content": "An example question about cooking rice well?"},
              {"role": "assistant", "content": "Rinse it, then simmer it covered for twenty "
                                               "minutes and let it rest."}]
@@ -253,25 +246,15 @@ def test_cache_growth_select_and_views():
     assert torch.equal(cache.k[0][0, :, :3], k[1]) and torch.equal(cache.k[0][0, :, 3:4], new[1])
 
 
-def test_concat_rows_and_broadcast_keep_the_filled_part():
-    a, b = kv_engine.KVCache(1), kv_engine.KVCache(1)
-    for cache, first in ((a, 0.0), (b, 10.0)):
-        cache.reserve(40)
-        rows = 1 if cache is a else 2
-        k = first + torch.arange(rows * 2 * 3 * 4, dtype=torch.float32).view(rows, 2, 3, 4)
-        cache.update(k, -k, 0)
-        cache.length, cache.valid = 3, torch.ones(rows, 3, dtype=torch.bool)
-    ka, kb = a.k[0][:, :, :3].clone(), b.k[0][:, :, :3].clone()
-    both = kv_engine.KVCache.concat_rows([a, b])
-    assert both.k[0].shape == (3, 2, 48, 4) and both.valid.shape == (3, 3)
-    assert torch.equal(both.k[0][:, :, :3], torch.cat([ka, kb]))
-    assert torch.equal(both.v[0][:, :, :3], -torch.cat([ka, kb]))
+def test_broadcast_keeps_the_filled_part_and_its_valid_mask():
+    ka = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)
     one = kv_engine.KVCache(1)
     one.reserve(5)
     one.update(ka, ka, 0)
-    one.length = 3
+    one.length, one.valid = 3, torch.tensor([[False, True, True]])
     wide = one.broadcast(4, 20)
     assert wide.capacity == 32 and wide.k[0].shape == (4, 2, 32, 4)
+    assert wide.valid.tolist() == [[False, True, True]] * 4
     assert all(torch.equal(wide.k[0][r, :, :3], ka[0]) for r in range(4))
 
 
@@ -351,7 +334,7 @@ def test_packed_linears_match_plain_and_follow_weight_updates(tiny_llama):
 
 
 def test_bf16_engine_scores_match_plain_bf16_forward(tiny_llama):
-    """The bf16 fast path (packed linears, SDPA, chunked prefill) reads the same log-probs as
+    """The bf16 fast path (packed linears, SDPA) reads the same log-probs as
     a plain bf16 forward, to bf16 precision."""
     from constitutional.backends.transformers_backend import (TransformersBackend,
                                                               load_model_and_tokenizer)
@@ -365,13 +348,12 @@ def test_bf16_engine_scores_match_plain_bf16_forward(tiny_llama):
             assert value == pytest.approx(r, abs=0.05 + 0.01 * abs(r))
 
 
-def test_bf16_greedy_decode_follows_plain_bf16_forward(tiny_llama, monkeypatch):
-    """Greedy decoding on the bf16 fast path (packed linears, SDPA over cache views, row-chunked
-    prefill, left padding): every token it picks is, under a plain bf16 forward of the whole
-    sequence, the most likely one up to bf16 rounding."""
+def test_bf16_greedy_decode_follows_plain_bf16_forward(tiny_llama):
+    """Greedy decoding on the bf16 fast path (packed linears, SDPA over cache views, left
+    padding): every token it picks is, under a plain bf16 forward of the whole sequence, the
+    most likely one up to bf16 rounding."""
     from constitutional.backends.transformers_backend import (TransformersBackend,
                                                               load_model_and_tokenizer)
-    monkeypatch.setattr(kv_engine, "_PREFILL_CHUNK_TOKENS", 1)
     model, tok = load_model_and_tokenizer(str(tiny_llama), dtype=torch.bfloat16,
                                           device=torch.device("cpu"))
     be = TransformersBackend(model, tok, "tiny-bf16", batch_size=4)

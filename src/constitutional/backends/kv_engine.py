@@ -1,9 +1,9 @@
 """Batched decoding and choice scoring on a Hugging Face causal LM, with a KV cache we own.
 
 The model's own modules do the math; we own three things that decide speed on a CPU:
-- the KV cache: per-layer buffers with the whole decode budget reserved up front, written in
-  place and read as views of their filled part (transformers' DynamicCache re-concatenates the
-  whole cache every token, two thirds of a decode step at batch 64);
+- the KV cache: per-layer buffers grown in blocks, written in place and read as views of
+  their filled part (transformers' DynamicCache re-concatenates the whole cache every token,
+  two thirds of a decode step at batch 64);
 - attention: SDPA over that buffer with grouped-query heads read in place (no KV repeat), and
   in fp32 decoding two small batched matmuls, which are faster there;
 - the batch: explicit position ids and 4D masks (left padding, a shared prefix broadcast to
@@ -31,10 +31,6 @@ _BLOCK = 16
 MIN_SHARED_DECODE_PREFIX = 32
 # Pure top-p sampling looks for each row's nucleus among its top-k candidates at these widths.
 _NUCLEUS_WIDTHS = (64, 512, 4096)
-# On a CPU, prefill runs in row chunks of about this many tokens: bigger chunks spill the
-# activations out of cache (128 rows x 45 tokens took 3.1-4.0 s in one piece, 1.6 s in chunks
-# of 64 rows).
-_PREFILL_CHUNK_TOKENS = 2048
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
@@ -52,8 +48,9 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     if attention_mask is None and T != q:
         # No mask but a cache in front: causal aligned to the end (SDPA's is_causal is not).
         attention_mask = torch.ones(q, T, dtype=torch.bool, device=query.device).tril(T - q)
-    # SDPA's fused kernel reads K and V once without repeating them for grouped heads; in bf16
-    # decoding it beat two batched matmuls by 5-12% per layer.
+    # SDPA's fused kernel reads the cache views in place, without repeating K/V for grouped
+    # heads; in bf16 decoding two batched matmuls copy the views first (bench/engine_parts.py:
+    # 2.36 vs 1.04 ms a layer at 128 rows, 18.9 vs 14.7 s a batch).
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                          is_causal=attention_mask is None, scale=scaling,
                                          enable_gqa=G > 1)
@@ -62,8 +59,8 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
 def _decode_attention_fp32(query, key, value, attention_mask, scaling):
     """One new token per row in fp32 on CPU, where two batched matmuls beat SDPA's kernel
-    (0.76 vs 1.03 ms per layer at 64 rows x 192 cached tokens). Head h reads kv head h // G,
-    so [B, H, 1, d] -> [B*Hkv, G, d] needs no copy of K or V."""
+    (bench/engine_parts.py: 1.36 vs 1.68 ms a layer at 128 rows x 192 cached tokens). Head h
+    reads kv head h // G, so [B, H, 1, d] -> [B*Hkv, G, d] needs no copy of K or V."""
     B, H, _, d = query.shape
     Hkv, T = key.shape[1], key.shape[2]
     G = H // Hkv
@@ -114,10 +111,10 @@ class KVCache:
         self.valid: torch.Tensor | None = None   # [B, length] bool: which cached tokens are real
 
     def reserve(self, needed: int) -> None:
-        """Make room for `needed` tokens. Decoding reserves its whole budget up front; a
-        later growth copies the filled part into bigger buffers."""
+        """Make room for `needed` tokens; the filled part is copied into bigger buffers."""
         if needed <= self.capacity:
             return
+        # Grow by a quarter (at least one block): few copies of the filled part.
         step = max(_BLOCK, self.capacity // 4)
         new_cap = -(-max(needed, self.capacity + step) // _BLOCK) * _BLOCK
         self.k = [None if k is None else self._moved(k, k.shape[0], new_cap) for k in self.k]
@@ -151,28 +148,6 @@ class KVCache:
         self.k = [None if k is None else self._moved(k, n, cap, rows) for k in self.k]
         self.v = [None if v is None else self._moved(v, n, cap, rows) for v in self.v]
 
-    @staticmethod
-    def concat_rows(parts: list["KVCache"]) -> "KVCache":
-        """One cache holding the rows of `parts` in order (same length and capacity each).
-        The parts' buffers are released layer by layer, so memory peaks at one layer's copy."""
-        out = KVCache(len(parts[0].k))
-        out.length, out.capacity = parts[0].length, parts[0].capacity
-        L = out.length
-        for i in range(len(out.k)):
-            for name in ("k", "v"):
-                bufs = [getattr(p, name)[i] for p in parts]
-                merged = bufs[0].new_empty(sum(b.shape[0] for b in bufs), bufs[0].shape[1],
-                                           out.capacity, bufs[0].shape[3])
-                r = 0
-                for b in bufs:
-                    merged[r:r + b.shape[0], :, :L] = b[:, :, :L]
-                    r += b.shape[0]
-                getattr(out, name)[i] = merged
-            for p in parts:
-                p.k[i] = p.v[i] = None
-        out.valid = torch.cat([p.valid for p in parts])
-        return out
-
     def broadcast(self, n: int, capacity: int) -> "KVCache":
         """A new cache of n rows, each starting with this (one-row) cache's tokens."""
         out = KVCache(len(self.k))
@@ -180,6 +155,7 @@ class KVCache:
         index = torch.zeros(n, dtype=torch.long, device=self.k[0].device)
         out.k = [self._moved(k, n, out.capacity, index) for k in self.k]
         out.v = [self._moved(v, n, out.capacity, index) for v in self.v]
+        out.valid = self.valid.expand(n, -1)
         return out
 
 
@@ -257,8 +233,9 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k:
         vals, idx = probs.topk(min(V, top_k), dim=-1)
         return _pick_in_nucleus(vals, idx, top_p * vals.sum(-1, keepdim=True), uniforms)
     # Pure top-p. Candidates are the top 64 of each row; a row whose nucleus does not fit is
-    # widened alone (top 512, 4096, then its whole sorted vocabulary). Exact either way; a
-    # top-512 costs ~3x a top-64 and a full sort ~30x, so one flat row must not widen them all.
+    # widened alone (top 512, 4096, then its whole sorted vocabulary), so one flat row does not
+    # widen them all. Exact either way; sorting every row took 12x as long
+    # (bench/engine_parts.py).
     out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
     rows = torch.arange(probs.shape[0], device=probs.device)
     for k in [w for w in _NUCLEUS_WIDTHS if w < V] + [V]:
@@ -274,8 +251,8 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k:
 
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
-    """[B, V] -> [B]: the most likely token (the first on ties). max() is ~4x faster than
-    argmax() over a bf16 vocabulary on CPU."""
+    """[B, V] -> [B]: the most likely token (the first on ties). max() is ~5x faster than
+    argmax() over a bf16 vocabulary on CPU (bench/engine_parts.py)."""
     return logits.max(dim=-1).indices
 
 
@@ -298,8 +275,7 @@ def decode_batch(model, requests: Sequence[DecodeRequest], *, temperature: float
     n = len(requests)
     dev = model.device
     gens = [torch.Generator().manual_seed(r.seed) for r in requests]
-    cache, logits, next_pos = _prefill(model, [r.prompt_ids for r in requests], pad_id,
-                                       room=max_tokens)
+    cache, logits, next_pos = _prefill(model, [r.prompt_ids for r in requests], pad_id)
     rows = torch.arange(n)                                  # batch slot -> request index (cpu)
     out: list[list[int]] = [[] for _ in range(n)]
     results: list[DecodeResult | None] = [None] * n
@@ -347,11 +323,10 @@ def decode_batch(model, requests: Sequence[DecodeRequest], *, temperature: float
     return results  # type: ignore[return-value]
 
 
-def _prefill(model, prompts: Sequence[list[int]], pad_id: int, room: int = 0):
-    """Prefill a batch into a cache with `room` more tokens reserved (no growth copies while
-    decoding; memory is touched only as it fills). A long prefix shared by every prompt
-    (few-shot exemplars, a system prompt) is computed once and broadcast. Returns (cache,
-    last logits [B, V], next positions [B, 1])."""
+def _prefill(model, prompts: Sequence[list[int]], pad_id: int):
+    """Prefill a batch; a long prefix shared by every prompt (few-shot exemplars, a system
+    prompt) is computed once and broadcast. Returns (cache, last logits [B, V], next positions
+    [B, 1])."""
     n, dev = len(prompts), model.device
     # Each row keeps at least one token of its own, whose logits start its decoding.
     shared = min(_common_prefix(prompts), min(len(p) for p in prompts) - 1)
@@ -362,22 +337,14 @@ def _prefill(model, prompts: Sequence[list[int]], pad_id: int, room: int = 0):
         shared = 0
     ids, valid = _left_pad([p[shared:] for p in prompts], pad_id)
     ids, valid = ids.to(dev), valid.to(dev)
-    # Row chunks keep a CPU's activations in cache; a GPU takes the batch in one piece.
-    rows = max(1, _PREFILL_CHUNK_TOKENS // ids.shape[1]) if dev.type == "cpu" else n
-    parts, logits = [], []
-    for a in range(0, n, rows):
-        capacity = shared + ids.shape[1] + room
-        if prefix is not None:
-            part = prefix.broadcast(len(ids[a:a + rows]), capacity)
-            part.valid = prefix.valid.expand(len(ids[a:a + rows]), -1)
-        else:
-            part = KVCache(model.config.num_hidden_layers)
-            part.reserve(capacity)
-        logits.append(_forward_new_tokens(model, part, ids[a:a + rows], valid[a:a + rows],
-                                          shared, keep=1)[:, -1])
-        parts.append(part)
-    cache = parts[0] if len(parts) == 1 else KVCache.concat_rows(parts)
-    return cache, torch.cat(logits), shared + valid.long().sum(-1, keepdim=True)
+    capacity = shared + ids.shape[1]
+    if prefix is not None:
+        cache = prefix.broadcast(n, capacity)
+    else:
+        cache = KVCache(model.config.num_hidden_layers)
+        cache.reserve(capacity)
+    logits = _forward_new_tokens(model, cache, ids, valid, shared, keep=1)[:, -1]
+    return cache, logits, shared + valid.long().sum(-1, keepdim=True)
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -433,14 +400,9 @@ def score_rows(model, prefix_cache: KVCache | None, rows: Sequence[ScoreRow],
     ids, valid = ids.to(model.device), valid.to(model.device)
     keep = max(len(t) for r in rows for t in r.targets)
     keep = min(keep, ids.shape[1])
-    if prefix_cache is not None:
-        cache = prefix_cache.broadcast(len(rows), prefix_cache.length + ids.shape[1])
-        cache.valid = prefix_cache.valid.expand(len(rows), -1)
-        start = prefix_cache.length
-    else:
-        cache, start = KVCache(model.config.num_hidden_layers), 0
-    logp = torch.log_softmax(
-        _forward_new_tokens(model, cache, ids, valid, start, keep=keep).float(), dim=-1)
+    cache = prefix_cache.broadcast(len(rows), prefix_cache.length + ids.shape[1])
+    logp = torch.log_softmax(_forward_new_tokens(model, cache, ids, valid, prefix_cache.length,
+                                                 keep=keep).float(), dim=-1)
     out = []
     for i, r in enumerate(rows):
         vals = []

@@ -309,15 +309,15 @@ class PPOTrainer:
             ref_logp = self.ref_logprobs(b)
             old_values = self.values(b)
             raw = torch.tensor(self.reward_fn(convs, texts), dtype=torch.float32)
-            coef = self.kl.value
+            kl_coef = kl_weight = self.kl.value
             if cfg.normalize_rewards:   # the running std of every process's scores
                 self._normalize(self.acc.gather(raw.to(self.acc.device)).cpu())
                 # Scaling the KL term up, not the scores down: dividing the scores by a std of
                 # ~0.1 put returns ~10x away from the value model's PM-initialized estimates,
                 # and its loss spent half the quickstart's iterations catching up.
-                coef = coef * self._score_std()
+                kl_weight = kl_coef * self._score_std()
             kl = L.kl_penalty(old_logp, ref_logp, cfg.kl_estimator) * mask
-            rewards = L.token_rewards(raw, kl, mask, coef)
+            rewards = L.token_rewards(raw, kl, mask, kl_weight)
             adv, returns = L.gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
                 adv = L.whiten(adv, mask, total=self._total)
@@ -351,7 +351,6 @@ class PPOTrainer:
             "entropy": L.masked_mean(entropy, mask).item(),
             "response_tokens": mask.sum(1).mean().item(),
             **{k: sum(v) / len(v) for k, v in stats.items()}})
-        kl_coef = self.kl.value
         if cfg.adaptive_kl:
             self.kl.update(figures["kl"], n * self.acc.num_processes)
         self.step_no += 1
