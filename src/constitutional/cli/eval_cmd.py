@@ -96,6 +96,20 @@ def print_summary(summary_path: Path) -> None:
             out.print(f"{f} -> {folder / f}", highlight=False)
 
 
+def print_verdict(summary_path: Path) -> None:
+    """The verdict lines: win rates against base with intervals, evasive refusals."""
+    import json
+
+    from constitutional.evals.verdict import lines
+
+    v = json.loads(Path(summary_path).read_text()).get("verdict")
+    if v:
+        out.print(f"[bold]verdict[/bold] (held-out prompts, judge in both orders, against "
+                  f"{v['anchor']}):", highlight=False)
+        for line in lines(v):
+            out.print("  " + line, highlight=False)
+
+
 @eval_app.command("mc")
 def mc_cmd(
     data: str = typer.Argument(..., help="TruthfulQA-style JSONL (question/choices/"

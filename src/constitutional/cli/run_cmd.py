@@ -22,8 +22,8 @@ def run_cmd(
     start: Optional[str] = typer.Option(None, "--from", help="First stage to run (the ones "
                                         "before must be finished in the run folder)."),
     until: Optional[str] = typer.Option(None, "--until", help="Last stage to run."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Helpful model and the "
-                                        "model fine-tuned."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The policy: the "
+                                        "helpful model and the model fine-tuned."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Fake backend for every generation "
                                  "and labeling stage (training still runs)."),
     overrides: Optional[List[str]] = OVERRIDES,
@@ -42,10 +42,13 @@ def run_cmd(
                             selfalign__model__backend=fake))
     if model:
         set_model(cfg, model)
+    if dry_run and cfg.critique.critic is not None:
+        cfg.critique.critic.backend = "fake"
     select(cfg.stages, start, until)
     from constitutional.cli.sl_cai import _check_inputs
     _check_inputs(cfg.critique)
     for m in (cfg.sft.model, cfg.label.model, cfg.pm.model) + \
+            ((cfg.critique.critic,) if cfg.critique.critic else ()) + \
             ((cfg.eval.judge,) if "eval" in cfg.stages else ()):
         check_model(m)
     out_dir = out_dir or Path("runs") / config.stem
@@ -76,6 +79,9 @@ def run_cmd(
     if "report" in by_name:
         out.print(f"report -> {by_name['report'].output} (open it in a browser; "
                   f"{out_dir / 'report.md'} beside it)", highlight=False)
+    if "eval" in by_name:
+        from constitutional.cli.eval_cmd import print_verdict
+        print_verdict(by_name["eval"].output)
 
 
 def stage_summaries(by_name: dict, out_dir: Path, show: int) -> None:

@@ -29,6 +29,8 @@ def critique_cmd(
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Cap per step."),
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     few_shot: Optional[int] = typer.Option(None, "--few-shot", help="Exemplars to show."),
+    critic: Optional[str] = typer.Option(None, "--critic", help="Model that writes the "
+                                         "critiques and revisions (default: --model itself)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="First N prompts only."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Use the scripted fake backend."),
@@ -44,10 +46,15 @@ def critique_cmd(
                  sampling__temperature=temperature, few_shot=few_shot, limit=limit,
                  sampling__seed=seed, mode="revision_only" if revision_only else None,
                  model__backend="fake" if dry_run else None)
+    if critic:
+        base |= {"critic.name": critic} | ({"critic.backend": "fake"} if dry_run else {})
     cfg = load_config(CritiqueConfig, config, overrides, base)
     _check_inputs(cfg)
     start_run(out_dir, cfg, "critique.config.yaml")
-    result = run_critique(cfg, out_dir, lambda: backend_loader(cfg, out_dir), log=log)
+    critic = (lambda: backend_loader(cfg.model_copy(update={"model": cfg.critic}), out_dir)) \
+        if cfg.critic is not None else None
+    result = run_critique(cfg, out_dir, lambda: backend_loader(cfg, out_dir), log=log,
+                          get_critic=critic)
     critique_summary(result, show)
 
 

@@ -46,8 +46,11 @@ def judge_constitution(axis: str, principles: Sequence[str] | None = None) -> Co
         ChoicePrinciple(name=f"{axis}-{k + 1}", text=t) for k, t in enumerate(texts)])
 
 
-def pairwise_comparisons(axis: str, answers: Sequence[dict[str, dict]]) -> list[Comparison]:
-    """One comparison per (prompt, pair of models) on the prompts every model answered.
+def pairwise_comparisons(axis: str, answers: Sequence[dict[str, dict]],
+                         anchor_only: bool = False) -> list[Comparison]:
+    """One comparison per (prompt, pair of models) on the prompts every model answered; with
+    `anchor_only`, only each model against the first (the base model): what the win rates
+    need, at a fraction of the judge's time, and Bradley-Terry still places every model.
 
     `answers[m]` maps prompt id -> the model's generate row (messages, completion)."""
     shared = [pid for pid in answers[0] if all(pid in a for a in answers[1:])]
@@ -56,6 +59,8 @@ def pairwise_comparisons(axis: str, answers: Sequence[dict[str, dict]]) -> list[
         msgs = answers[0][pid]["messages"]
         conv = tuple((m["role"], m["content"]) for m in msgs if m["role"] != "system")
         for i, j in combinations(range(len(answers)), 2):
+            if anchor_only and i != 0:
+                continue
             out.append(Comparison(id=f"{axis}/{pid}/{i}-{j}", conversation=conv,
                                   a=answers[i][pid]["completion"].strip(),
                                   b=answers[j][pid]["completion"].strip()))

@@ -74,7 +74,14 @@ class EvalConfig(StrictModel):
         description="How every model answers (the same for all).")
     system_prompt: str | None = None
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the intervals.")
-    evasiveness: bool = True
+    evasiveness: bool = Field(True, description="The judge reads the evasiveness of every "
+                              "harmlessness answer (the lexical reading is always done, on "
+                              "both axes).")
+    compare: Literal["all", "anchor"] = Field(
+        "all", description="all: every pair of models; anchor: each model against the first "
+        "only (the win rates against base, at a fraction of the judge's time).")
+    snapshots: bool = Field(True, description="With `models` unset: also evaluate the RL "
+                            "snapshots (points of the frontier between SL-CAI and RL-CAI).")
     ablation: bool = Field(True, description="Critique ablation (needs the run's critique "
                            "stage and preference model).")
     benchmarks: list[str] = Field(default_factory=list, description="Multiple-choice files "
@@ -98,14 +105,15 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
 
 
-def run_models(run_dir: Path, base: str | None, rl_method: str = "ppo") -> list[EvalModel]:
+def run_models(run_dir: Path, base: str | None, rl_method: str = "ppo",
+               snapshots: bool = True) -> list[EvalModel]:
     """The run's models in training order: base -> SL-CAI -> RL snapshots -> RL."""
     rl_line = f"RL-CAI ({rl_method.upper()})"
     out = [EvalModel(name=base, label="base", lines=["SL-CAI"])] if base else []
     sl = run_dir / "sl_model" / "model"
     if sl.is_dir():
         out.append(EvalModel(name=str(sl), label="SL-CAI", lines=["SL-CAI", rl_line]))
-    snaps = sorted((run_dir / "rl" / "snapshots").glob("step-*"))
+    snaps = sorted((run_dir / "rl" / "snapshots").glob("step-*")) if snapshots else []
     out += [EvalModel(name=str(p), label=f"RL step {int(p.name[5:])}", lines=[rl_line])
             for p in snaps if p.is_dir()]
     if (run_dir / "rl" / "model").is_dir():
@@ -123,7 +131,7 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
 
     t0 = time.time()
     run_dir = Path(run_dir)
-    models = cfg.models or run_models(run_dir, base, rl_method)
+    models = cfg.models or run_models(run_dir, base, rl_method, cfg.snapshots)
     titles = [m.title for m in models]
     if len(models) < 2:
         raise InputError("the evaluation needs at least two models to compare",
@@ -134,6 +142,7 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
 
     # the judge, the helpful model and the feedback model have later uses: kept loaded
     keep = {cfg.judge.name} | ({critique.model.name} if critique else set()) | \
+        ({critique.critic.name} if critique and critique.critic else set()) | \
         ({label.model.name} if label and cfg.human_pairs else set())
     backends = BackendCache(load_backend)
     answers = {axis: [] for axis in cfg.axes}
@@ -154,7 +163,7 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
     feedback = _feedback_accuracy(cfg, label, run_dir, backends, log)
     backends.release()
     pm = _pm_numbers(cfg, run_dir, chains, titles, answers.get("harmlessness"), log)
-    summary = summarize(cfg, models, judged, evasive, mc, pm, feedback)
+    summary = summarize(cfg, models, judged, evasive, mc, pm, feedback, answers)
     summary["seconds"] = time.time() - t0
     write_outputs(run_dir / STAGE, summary)
     n = sum(len(rows) for rows in judged.values())
@@ -206,7 +215,8 @@ def _ablation_chains(cfg, critique, run_dir, backends, log) -> dict[str, list[di
         return {}
     twin = critique.model_copy(update={"mode": "revision_only"})
     res = run_critique(twin, run_dir, backends.loader(twin.model), log,
-                       stage_name=f"{STAGE}/ablation_revision_only")
+                       stage_name=f"{STAGE}/ablation_revision_only",
+                       get_critic=backends.loader(twin.critic) if twin.critic else None)
     return {"critique": read_output(done), "revision_only": read_output(res.output)}
 
 
@@ -218,12 +228,12 @@ def _judge(cfg, axis, titles, answers, run_dir, backends, log) -> list[dict]:
     lcfg = LabelConfig(model=cfg.judge, principles=k, debias=cfg.debias, few_shot=0,
                        prompt_format=cfg.prompt_format, seed=cfg.seed)
     labeler = Labeler(lcfg, constitution)
-    items = pairwise_comparisons(axis, answers)
+    items = pairwise_comparisons(axis, answers, anchor_only=cfg.compare == "anchor")
     stage = StageDir(run_dir, f"{STAGE}/judge/{axis}")
     res = run_model_stage(
         stage, config={"principles": [p.text for p in constitution.choice], "k": k,
                        "debias": cfg.debias, "format": cfg.prompt_format, "seed": cfg.seed,
-                       "models": titles},
+                       "models": titles, "compare": cfg.compare},
         inputs={"judge": model_identity(cfg.judge.name),
                 "answers": sha256_json([sorted((pid, r["completion"]) for pid, r in a.items())
                                         for a in answers])},
@@ -341,9 +351,10 @@ def _pm_accuracy(pm, pairs_path: str) -> dict:
 
 # -- the numbers and files -----------------------------------------------------------------
 
-def summarize(cfg, models, judged, evasive, mc, pm, feedback) -> dict:
+def summarize(cfg, models, judged, evasive, mc, pm, feedback, answers=None) -> dict:
     from constitutional.evals import evasiveness as ev
     from constitutional.evals.multiple_choice import summarize as mc_summary
+    from constitutional.evals.verdict import refusal_rates, verdict
 
     titles = [m.title for m in models]
     axes = {axis: axis_result(titles, rows, cfg.bootstrap, cfg.seed)
@@ -355,6 +366,11 @@ def summarize(cfg, models, judged, evasive, mc, pm, feedback) -> dict:
                           for b, per in mc.items()},
            "ablation": pm.get("ablation", {}), "pm_reward": pm.get("reward", {}),
            "pm_accuracy": pm.get("pm_accuracy"), "feedback_accuracy": feedback}
+    refusals = {axis: refusal_rates(titles, per_model) for axis, per_model in
+                (answers or {}).items()}
+    out["refusals"] = refusals
+    out["verdict"] = verdict(titles, judged, refusals, out["evasiveness"], cfg.bootstrap,
+                             cfg.seed)
     if {"harmlessness", "helpfulness"} <= set(axes):
         out["frontier"] = frontier_points(models, axes)
     return out

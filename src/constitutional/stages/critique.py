@@ -1,17 +1,23 @@
 """Stage `critique`: the supervised half of Constitutional AI (critique -> revision).
 
 For each red-team prompt and each sample: the helpful model answers; then, for N rounds, a
-critique/revision principle pair is drawn (seeded, a fresh one each round), the model critiques
-its last response under the critique request and rewrites it under the revision request.
+critique/revision principle pair is drawn (seeded, a fresh one each round), the critic critiques
+the last response under the critique request and rewrites it under the revision request. The
+critic is the answering model itself (the paper's self-critique) unless `critic` names another
+(the default recipe's feedback model: a 135M model cannot critique, see stages/roles.py).
 Few-shot exemplars come before the conversation. Every round is kept; the final revision is
 the SL-CAI training target. Each step is one batched generate call over the whole chunk, and
 chunks are resumable shards.
 
 Degenerate steps are flagged, never silently kept: `empty`, `repeats_request` (the reply
 restates the request), `copy_of_answer` (a revision that is nearly the text it should revise
-or the original answer), `repetitive` (one sentence three or more times: a decoding loop),
-`truncated` (hit the token cap, kept but marked). A row is `ok` when its final revision has none
-of the first four.
+or the original answer), `copy_of_critique` (a revision that restates the critique),
+`repetitive` (one sentence three or more times: a decoding loop), and for revisions
+`meta_text` (it talks about "the response" instead of being one) and `bare_refusal` (a refusal
+that gives no reason and no alternative: SFT on those teaches evasiveness, which the paper
+warns against); `truncated` (hit the token cap) is kept but marked. A leading "Here is the
+revised response:" is cut off before anything is checked. A row is `ok`, and goes into SFT,
+when its final revision has none of the flags but `truncated`.
 """
 
 from __future__ import annotations
@@ -29,18 +35,32 @@ from constitutional.artifacts import StageDir, StageResult, model_identity, run_
 from constitutional.backends.base import Sampling
 from constitutional.config import ModelConfig, SamplingConfig, StrictModel
 from constitutional.constitution import Constitution, draw_principles, load_constitution
+from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file
 from constitutional.prompts_io import PromptRow, load_prompts
 from constitutional.transcripts import (DEFAULT_STOPS, Turn, clean_reply,
                                         exemplar_turns, from_messages, render)
 
 STAGE = "critique"
-BAD_FLAGS = {"empty", "repeats_request", "copy_of_answer", "repetitive"}
+BAD_FLAGS = {"empty", "repeats_request", "copy_of_answer", "copy_of_critique", "repetitive",
+             "meta_text", "bare_refusal"}
+# A revision that announces itself: the text after it is the revision.
+PREAMBLE = re.compile(r"^\s*(?:\*\*)?(?:sure[,!.]?\s*)?(?:here(?:'s| is)\s+(?:a|the|my|an)?\s*"
+                      r"(?:revised|rewritten|updated|improved|new)\s+(?:version|response|"
+                      r"answer|reply)[^:\n]{0,60}:|(?:revised|rewritten)\s+(?:response|answer|"
+                      r"version)\s*:)(?:\*\*)?\s*", re.I)
+# A revision that talks about the response instead of being one.
+META = re.compile(r"^\W*(?:the|this|my|your)\s+(?:assistant'?s?\s+|original\s+|revised\s+|"
+                  r"last\s+|previous\s+|above\s+)*(?:response|answer|reply)\b|"
+                  r"^\W*(?:i (?:have|'ve) (?:revised|rewritten|removed)|the revision\b)", re.I)
 
 
 class CritiqueConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The helpful model: "
-                               "it answers, critiques and revises.")
+                               "it answers (and critiques and revises unless `critic` is set).")
+    critic: ModelConfig | None = Field(None, description="The model that writes critiques "
+                                       "and revisions (None: the answering model itself, "
+                                       "the paper's self-critique).")
     sampling: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(max_tokens=128),
         description="Decoding for every step; max_tokens caps each step.")
@@ -51,6 +71,8 @@ class CritiqueConfig(StrictModel):
                               "JSON, or the CAI paper's prompts folder.")
     prompts: str = Field("bundled:redteam", description="Red-team prompts (JSONL).")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    principles: list[str] | None = Field(None, description="Draw only these critique/"
+                                         "revision pairs, by name (None: all of them).")
     rounds: int = Field(1, ge=1, description="Critique -> revision rounds (the paper: 1-4).")
     samples: int = Field(1, ge=1, description="Independent chains per prompt, each from its "
                          "own initial answer (the paper: 4).")
@@ -58,10 +80,16 @@ class CritiqueConfig(StrictModel):
         "critique", description="revision_only skips the critique (the paper's ablation).")
     few_shot: int | None = Field(None, ge=0, description="Exemplars put before each "
                                  "conversation (None: all in the constitution).")
-    prompt_format: Literal["chat", "text"] = Field(
+    prompt_format: Literal["chat", "text", "transcript"] = Field(
         "chat", description="chat: the model's chat template; text: the paper's "
-        "'Human:/Assistant:/CritiqueRequest:' layout for pretrained models.")
-    system_prompt: str | None = Field(None, description="System message before everything.")
+        "'Human:/Assistant:/CritiqueRequest:' layout for pretrained models; transcript: the "
+        "critic reads the conversation quoted in one user turn (for a critic that did not "
+        "write the answer; the answers themselves are asked for in chat form).")
+    system_prompt: str | None = Field(None, description="System message before everything "
+                                      "(in transcript format: the answering model's only).")
+    critic_system_prompt: str | None = Field(None, description="transcript format: the "
+                                             "critic's instructions (None: a built-in one, "
+                                             "transcripts.CRITIC_SYSTEM).")
     copy_threshold: float = Field(0.9, gt=0, le=1, description="Word-level similarity at "
                                   "or above which a revision counts as a copy.")
     chunk_size: int = Field(32, ge=1, description="Prompts per resumable shard.")
@@ -91,26 +119,49 @@ class Chain:
 
 
 def run_critique(cfg: CritiqueConfig, run_dir: str | Path, get_backend: Callable[[], object],
-                 log: Callable[[str], None] = print, stage_name: str = STAGE) -> StageResult:
-    """`stage_name` names the folder (the critique ablation runs a revision-only twin)."""
+                 log: Callable[[str], None] = print, stage_name: str = STAGE,
+                 get_critic: Callable[[], object] | None = None) -> StageResult:
+    """`stage_name` names the folder (the critique ablation runs a revision-only twin);
+    `get_critic` loads `cfg.critic` (required when it is set)."""
+    if cfg.critic is not None and get_critic is None:
+        raise ValueError("cfg.critic is set: pass get_critic")
     cpath, constitution = load_constitution(cfg.constitution)
     constitution.require("critique_revision", str(cpath))
+    constitution = only_principles(constitution, cfg.principles, str(cpath))
     ppath, rows = load_prompts(cfg.prompts, cfg.limit)
     shots = _shots(constitution, cfg)
     steps_per_chain = 1 + cfg.rounds * (2 if cfg.mode == "critique" else 1)
     stage = StageDir(run_dir, stage_name)
-    stage_cfg = cfg.model_dump(exclude={"model": {"batch_size", "score_batch_tokens"},
+    batching = {"batch_size", "score_batch_tokens"}
+    stage_cfg = cfg.model_dump(exclude={"model": batching, "critic": batching,
                                         "chunk_size": True, "log_calls": True, "limit": True})
     def work(backend, chunk: list[PromptRow], advance) -> list[dict]:
-        return critique_chunk(backend, chunk, constitution, shots, cfg, advance)
+        critic = get_critic() if cfg.critic is not None else backend
+        return critique_chunk(backend, chunk, constitution, shots, cfg, advance, critic)
 
-    return run_model_stage(stage, config=stage_cfg,
-                           inputs={"prompts": sha256_file(ppath),
-                                   "model": model_identity(cfg.model.name),
-                                   "constitution": constitution.fingerprint()},
+    inputs = {"prompts": sha256_file(ppath), "model": model_identity(cfg.model.name),
+              "constitution": constitution.fingerprint()}
+    if cfg.critic is not None:
+        inputs["critic"] = model_identity(cfg.critic.name)
+    return run_model_stage(stage, config=stage_cfg, inputs=inputs,
                            items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend,
                            work=work, total=len(rows) * cfg.samples * steps_per_chain,
                            unit="steps", per_item=cfg.samples * steps_per_chain, log=log)
+
+
+def only_principles(constitution: Constitution, names: list[str] | None,
+                    path: str) -> Constitution:
+    """The constitution with only the named critique/revision pairs, in its own order."""
+    if names is None:
+        return constitution
+    have = [p.name for p in constitution.critique_revision]
+    unknown = [n for n in names if n not in have]
+    if unknown or not names:
+        raise InputError(f"no critique/revision pair named {unknown[0]!r} (have: "
+                         f"{', '.join(have)})" if unknown else "principles is empty",
+                         path=path, field="critique.principles")
+    return constitution.model_copy(update={"critique_revision": [
+        p for p in constitution.critique_revision if p.name in names]})
 
 
 def _shots(constitution: Constitution, cfg: CritiqueConfig) -> list[list[Turn]]:
@@ -122,8 +173,10 @@ def _shots(constitution: Constitution, cfg: CritiqueConfig) -> list[list[Turn]]:
 
 def critique_chunk(backend, chunk: list[PromptRow], constitution: Constitution,
                    shots: list[list[Turn]], cfg: CritiqueConfig,
-                   progress: Callable[[int], None] | None = None) -> list[dict]:
-    """All chains of a chunk, step by step: one batched generate call per step."""
+                   progress: Callable[[int], None] | None = None, critic=None) -> list[dict]:
+    """All chains of a chunk, step by step: one batched generate call per step. `backend`
+    answers; `critic` (default: the same backend) critiques and revises."""
+    critic = critic if critic is not None else backend
     base = Sampling.from_config(cfg.sampling)
     base = Sampling(**{**base.__dict__, "stop": tuple(dict.fromkeys(base.stop + tuple(cfg.stop)))})
     pairs = constitution.critique_revision
@@ -144,7 +197,7 @@ def critique_chunk(backend, chunk: list[PromptRow], constitution: Constitution,
         rounds = [{"round": k + 1, "principle": p.name} for p in drawn]
         kinds = ("critique", "revision") if cfg.mode == "critique" else ("revision",)
         for kind in kinds:
-            _step(backend, chains, rounds, kind, [getattr(p, kind) for p in drawn], shots, cfg,
+            _step(critic, chains, rounds, kind, [getattr(p, kind) for p in drawn], shots, cfg,
                   base, progress)
         for ch, rd in zip(chains, rounds):
             ch.rounds.append(rd)
@@ -157,15 +210,19 @@ def _step(backend, chains: list[Chain], rounds: list[dict], kind: str, requests:
     chain, in one batched call."""
     req_tag, reply_tag = ("CritiqueRequest", "Critique") if kind == "critique" else \
         ("RevisionRequest", "Revision")
-    prompts = [render(shots, ch.turns + [(req_tag, req)], cfg.prompt_format, cfg.system_prompt)
+    system = cfg.critic_system_prompt if cfg.prompt_format == "transcript" else \
+        cfg.system_prompt
+    prompts = [render(shots, ch.turns + [(req_tag, req)], cfg.prompt_format, system)
                for ch, req in zip(chains, requests)]
     outs = backend.generate(prompts, sampling, progress=progress)
     for ch, rd, req, (c,) in zip(chains, rounds, requests, outs):
         text = clean_reply(c.text, reply_tag)
         against = [ch.current, ch.answer] if kind == "revision" else []
-        rd.update({f"{kind}_request": req, kind: text,
-                   f"{kind}_flags": step_flags(text, req, against, c.finish_reason,
-                                               cfg.copy_threshold)})
+        flags = step_flags(text, req, against, c.finish_reason, cfg.copy_threshold)
+        if kind == "revision":
+            text = PREAMBLE.sub("", text, count=1).strip() or text
+            flags += revision_flags(text, rd.get("critique", ""), cfg.copy_threshold)
+        rd.update({f"{kind}_request": req, kind: text, f"{kind}_flags": flags})
         ch.turns += [(req_tag, req), (reply_tag, text)]
 
 
@@ -184,6 +241,23 @@ def step_flags(text: str, request: str, originals: list[str], finish_reason: str
         flags.append("repetitive")
     if finish_reason == "length":
         flags.append("truncated")
+    return flags
+
+
+def revision_flags(text: str, critique: str, copy_threshold: float) -> list[str]:
+    """What makes a revision a bad SFT target beyond `step_flags`."""
+    from constitutional.evals.evasiveness import lexical_flags
+
+    if not text.strip():
+        return []
+    flags = []
+    if critique.strip() and similarity(_words(text), _words(critique)) >= copy_threshold * 0.8:
+        flags.append("copy_of_critique")
+    if META.search(text):
+        flags.append("meta_text")
+    lexical = lexical_flags(text)
+    if lexical["refusal_phrase"] and not lexical["explains"]:
+        flags.append("bare_refusal")
     return flags
 
 

@@ -21,7 +21,7 @@ import gc
 from pathlib import Path
 from typing import Callable, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from constitutional.artifacts import StageResult
 from constitutional.config import StrictModel
@@ -30,6 +30,7 @@ from constitutional.evals.run import EvalConfig
 from constitutional.selfalign.pipeline import SelfAlignConfig
 from constitutional.stages.label import LabelConfig
 from constitutional.stages.pairs import PairsConfig
+from constitutional.stages.roles import RolesConfig, apply_roles, feedback_models
 from constitutional.stages.sl_cai import SLCAIConfig
 from constitutional.train.dpo import DPOTrainConfig
 from constitutional.train.grpo import GRPOTrainConfig, RLOOTrainConfig
@@ -54,7 +55,11 @@ class RLConfig(StrictModel):
 
 
 class RecipeConfig(SLCAIConfig):
-    """A full recipe: SL-CAI's sections plus the RL-CAI stages."""
+    """A full recipe: SL-CAI's sections plus the RL-CAI stages. With `roles`, the policy and
+    the feedback model fill every section's model (stages/roles.py)."""
+    roles: RolesConfig | None = Field(None, description="The policy (the model aligned) and "
+                                      "the feedback model (critic, labeler, judge); None: "
+                                      "each section names its own model.")
     stages: list[Literal["sl-cai", "pairs", "label", "pm", "rl", "eval", "report",
                          "self-instruct", "redteam", "self-align", "engrave", "verbose"]] = Field(
         default_factory=lambda: list(STAGES), description="Stages this recipe runs, in order.")
@@ -65,6 +70,11 @@ class RecipeConfig(SLCAIConfig):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     selfalign: SelfAlignConfig = Field(default_factory=SelfAlignConfig, description="SELF-ALIGN"
                                        " (stages self-instruct ... verbose).")
+
+    @model_validator(mode="after")
+    def _roles(self):
+        apply_roles(self)
+        return self
 
 
 def select(stages: list[str], start: str | None, until: str | None) -> list[str]:
@@ -94,6 +104,12 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
     results: list[StageResult] = []
     from constitutional.backends import BackendCache
 
+    # The feedback model (critic, labeler, judge: often one model) is loaded once for the run
+    # and kept across stages; every other model is loaded by the stage that needs it.
+    feedback = BackendCache(load_backend)
+    kept = {BackendCache.key(m) for m in feedback_models(cfg)}
+    load_backend = (lambda m, _plain=load_backend:
+                    feedback.get(m) if BackendCache.key(m) in kept else _plain(m))
     self_align_models = BackendCache(load_backend)   # SELF-ALIGN's models, each loaded once
     for name in stages:
         if name in NEEDS_SL_MODEL and not sl_model.is_dir():

@@ -50,9 +50,14 @@ class SLCAIConfig(StrictModel):
 
 
 def set_model(cfg: SLCAIConfig, name: str) -> None:
-    """`--model X`: X is the helpful model and the model fine-tuned (as in the demo)."""
+    """`--model X`: X is the helpful model and the model fine-tuned (the policy)."""
+    roles = getattr(cfg, "roles", None)
+    if roles is not None:
+        roles.policy.name = name
     cfg.critique.model.name = name
     cfg.sft.model.name = name
+    if roles is not None:
+        cfg.pm.model.name = name
 
 
 def run_sl_cai(cfg: SLCAIConfig, run_dir: str | Path, load_backend: Callable,
@@ -68,8 +73,10 @@ def run_sl_cai(cfg: SLCAIConfig, run_dir: str | Path, load_backend: Callable,
     run_dir = Path(run_dir)
     backends = BackendCache(load_backend)
 
+    critic = backends.loader(cfg.critique.critic) if cfg.critique.critic else None
     out = {"critique": run_critique(cfg.critique, run_dir,
-                                    backends.loader(cfg.critique.model), log)}
+                                    backends.loader(cfg.critique.model), log,
+                                    get_critic=critic)}
     if cfg.helpful:
         h = cfg.helpful
         helpful = GenerateConfig(

@@ -1,0 +1,194 @@
+"""Roles in a recipe (policy vs feedback model), the critic in SL-CAI, the SFT revision filter
+and the evaluation's verdict, on the scripted fake backend."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from constitutional.artifacts import read_output
+from constitutional.backends.fake import FakeBackend, last_user_text
+from constitutional.config import build_config, load_config
+from constitutional.evals.verdict import lines, refusal_rates, verdict, win_rates
+from constitutional.stages.critique import CritiqueConfig, run_critique
+from constitutional.stages.pipeline import RecipeConfig, run_recipe
+from constitutional.train.sft_data import revision_examples
+from conftest import write_jsonl
+
+ROLES = {"policy": {"name": "POLICY"}, "feedback": {"name": "FEEDBACK", "batch_size": 8}}
+
+
+def test_roles_fill_every_use_and_a_section_overrides_field_by_field():
+    cfg = build_config(RecipeConfig, {"roles": ROLES, "label": {"model": {"batch_size": 4}},
+                                      "eval": {"judge": {"name": "JUDGE"}}})
+    assert cfg.critique.model.name == cfg.sft.model.name == cfg.pm.model.name == "POLICY"
+    assert cfg.critique.critic.name == "FEEDBACK" and cfg.critique.critic.batch_size == 8
+    # the labeler keeps the feedback model with its own batch size; the judge is replaced
+    assert (cfg.label.model.name, cfg.label.model.batch_size) == ("FEEDBACK", 4)
+    assert cfg.eval.judge.name == "JUDGE"
+
+
+def test_each_use_can_go_back_to_the_policy():
+    cfg = build_config(RecipeConfig, {"roles": {**ROLES, "critic": "policy",
+                                                "labeler": "policy", "judge": "policy"}})
+    assert cfg.critique.critic is None            # the paper's self-critique: no second model
+    assert cfg.label.model.name == cfg.eval.judge.name == "POLICY"
+
+
+def test_without_roles_sections_keep_their_own_models():
+    cfg = build_config(RecipeConfig, {"label": {"model": {"name": "X"}}})
+    assert cfg.critique.critic is None and cfg.label.model.name == "X"
+    assert cfg.critique.model.name == "smollm2-135m"
+
+
+def test_policy_flag_overrides_the_role(tmp_path):
+    from constitutional.stages.sl_cai import set_model
+
+    cfg = build_config(RecipeConfig, {"roles": ROLES})
+    set_model(cfg, "OTHER")
+    assert cfg.critique.model.name == cfg.sft.model.name == cfg.pm.model.name == "OTHER"
+    assert cfg.critique.critic.name == "FEEDBACK"
+
+
+def test_shipped_quickstart_gives_feedback_uses_to_the_feedback_model():
+    cfg = load_config(RecipeConfig, "configs/quickstart.yaml")
+    assert cfg.critique.model.name == "smollm2-135m" == cfg.sft.model.name
+    fb = cfg.roles.feedback.name
+    assert fb == "qwen2.5-coder-1.5b" and fb != cfg.roles.policy.name
+    assert cfg.critique.critic.name == cfg.label.model.name == cfg.eval.judge.name == fb
+
+
+def test_critic_writes_critiques_and_revisions_the_policy_answers(tmp_path):
+    policy = FakeBackend(reply=lambda p, j: "policy answer: here is how to do it.",
+                         name="policy")
+    critic = FakeBackend(reply=lambda p, j: f"critic says {len(p)}", name="critic")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"Bad thing {i}?"}
+                                                 for i in range(3)])
+    cfg = CritiqueConfig(prompts=str(prompts), rounds=2, few_shot=0,
+                         critic={"name": "critic"})
+    res = run_critique(cfg, tmp_path / "run", lambda: policy, log=lambda m: None,
+                       get_critic=lambda: critic)
+    rows = read_output(res.output)
+    assert len(policy.calls) == 1 and len(critic.calls) == 4    # answers | 2 x (crit, rev)
+    assert all(r["initial_response"] == "policy answer: here is how to do it." for r in rows)
+    assert [rd["critique"] for rd in rows[0]["rounds"]] == ["critic says 3", "critic says 7"]
+    assert rows[0]["revision"] == "critic says 9"
+    # the critic sees the policy's answer in the conversation it critiques
+    assert critic.calls[0][1][0][1]["content"] == "policy answer: here is how to do it."
+    manifest = json.loads((tmp_path / "run" / "critique" / "manifest.json").read_text())
+    assert "critic" in manifest["inputs"]
+    with pytest.raises(ValueError, match="get_critic"):
+        run_critique(cfg, tmp_path / "run2", lambda: policy, log=lambda m: None)
+
+
+def test_transcript_format_quotes_the_answer_and_asks_for_a_new_reply(tmp_path):
+    policy = FakeBackend(reply=lambda p, j: "DRAFT", name="policy")
+    critic = FakeBackend(reply=lambda p, j: "CRIT" if "Here is a conversation" in
+                         last_user_text(p) else "NEW REPLY", name="critic")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "q0", "prompt": "Bad thing?"}])
+    cfg = CritiqueConfig(prompts=str(prompts), rounds=2, few_shot=0, critic={"name": "c"},
+                         prompt_format="transcript")
+    rows = read_output(run_critique(cfg, tmp_path / "run", lambda: policy, log=lambda m: None,
+                                    get_critic=lambda: critic).output)
+    assert policy.calls[0][1][0] == [{"role": "user", "content": "Bad thing?"}]  # chat form
+    crit1, rev1, crit2, rev2 = (c[1][0] for c in critic.calls)
+    # the critique step quotes the conversation; round 2 quotes round 1's revision
+    assert len(crit1) == 2 and crit1[0]["role"] == "system"
+    assert "Human: Bad thing?\n\nAssistant: DRAFT" in crit1[1]["content"]
+    assert "Assistant: NEW REPLY" in crit2[1]["content"] and "DRAFT" not in crit2[1]["content"]
+    # the revision step answers the human anew, the critique and request in the system turn
+    req = rows[0]["rounds"][0]["revision_request"]
+    assert [m["role"] for m in rev1] == ["system", "user"] and rev1[1]["content"] == "Bad thing?"
+    assert "CRIT" in rev1[0]["content"] and req in rev1[0]["content"]
+    assert "DRAFT" not in rev1[0]["content"] and "DRAFT" not in rev2[0]["content"]
+    assert rows[0]["revision"] == "NEW REPLY" and rows[0]["initial_response"] == "DRAFT"
+
+
+def test_principles_restrict_the_draw(tmp_path):
+    fake = FakeBackend()
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"q{i}", "prompt": f"Bad {i}?"}
+                                                 for i in range(6)])
+    cfg = CritiqueConfig(prompts=str(prompts), rounds=2, few_shot=0,
+                         principles=["toxicity", "sexism"])
+    rows = read_output(run_critique(cfg, tmp_path / "run", lambda: fake,
+                                    log=lambda m: None).output)
+    assert {rd["principle"] for r in rows for rd in r["rounds"]} == {"toxicity", "sexism"}
+    from constitutional.errors import InputError
+    with pytest.raises(InputError, match="no critique/revision pair named 'nope'"):
+        run_critique(cfg.model_copy(update={"principles": ["nope"]}), tmp_path / "r2",
+                     lambda: fake, log=lambda m: None)
+
+
+def scripted(replies: dict[str, str]):
+    def reply(prompt, j):
+        text = last_user_text(prompt)
+        for pattern, out in replies.items():
+            if re.search(pattern, text):
+                return out
+        return "The assistant gives dangerous steps."
+    return reply
+
+
+@pytest.mark.parametrize("revision,flag", [
+    ("I'm sorry, but I can't help with that.", "bare_refusal"),
+    ("The response above is harmful and should not give steps.", "meta_text"),
+    ("The assistant gives dangerous steps.", "copy_of_critique"),
+    ("", "empty"),
+])
+def test_bad_revisions_are_flagged_and_left_out_of_sft(tmp_path, revision, flag):
+    fake = FakeBackend(reply=scripted({"^Bad": "Sure, here are the steps: one, two.",
+                                       "Rewrite|rewrite": revision}))
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "q0", "prompt": "Bad thing?"}])
+    cfg = CritiqueConfig(prompts=str(prompts), few_shot=0)
+    res = run_critique(cfg, tmp_path / "run", lambda: fake, log=lambda m: None)
+    row = read_output(res.output)[0]
+    assert flag in row["flags"] and not row["ok"]
+    assert revision_examples(res.output) == []
+    assert len(revision_examples(res.output, include_flagged=True)) == 1
+
+
+def test_a_reasoned_revision_is_kept_and_its_preamble_cut(tmp_path):
+    good = ("Here is the revised response: I can't help you get into someone else's "
+            "account, because that is illegal; instead, ask them directly.")
+    fake = FakeBackend(reply=scripted({"^Bad": "Sure, here are the steps: one, two.",
+                                       "Rewrite|rewrite": good}))
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "q0", "prompt": "Bad thing?"}])
+    res = run_critique(CritiqueConfig(prompts=str(prompts), few_shot=0), tmp_path / "run",
+                       lambda: fake, log=lambda m: None)
+    row = read_output(res.output)[0]
+    assert row["ok"] and row["revision"].startswith("I can't help you get into")
+    assert revision_examples(res.output)[0]["completion"][0]["content"] == row["revision"]
+
+
+def judge_row(pid, i, j, label):
+    return {"id": f"harmlessness/{pid}/{i}-{j}", "label": label}
+
+
+def test_win_rates_against_the_anchor_by_hand():
+    # model 1 vs base (0): labels are p(base better): 0.2, 0.4 -> model wins; 0.5 tie; 0.9 loss
+    rows = [judge_row("a", 0, 1, 0.2), judge_row("b", 0, 1, 0.4), judge_row("c", 0, 1, 0.5),
+            judge_row("d", 0, 1, 0.9), judge_row("a", 1, 2, 0.7)]
+    w = win_rates(["base", "SL", "RL"], rows, n_boot=200)
+    assert set(w) == {"SL"}                      # RL never met the anchor
+    assert w["SL"]["n"] == 4 and w["SL"]["win_rate"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    assert w["SL"]["mean_p"] == pytest.approx((0.8 + 0.6 + 0.5 + 0.1) / 4)
+    lo, hi = w["SL"]["ci95"]
+    assert 0.0 <= lo <= w["SL"]["win_rate"] <= hi <= 1.0
+
+
+def test_refusal_rates_and_verdict_lines():
+    answers = [{"p1": {"completion": "I'm sorry, but I can't help with that."},
+                "p2": {"completion": "No, because it is illegal; instead try asking."}},
+               {"p1": {"completion": "Sure: mix flour and water."},
+                "p2": {"completion": "Here is a plan you could follow."}}]
+    r = refusal_rates(["base", "RL"], answers)
+    assert r == {"base": {"n": 2, "evasive": 0.5}, "RL": {"n": 2, "evasive": 0.0}}
+    judged = {"harmlessness": [judge_row("p1", 0, 1, 0.1), judge_row("p2", 0, 1, 0.3)]}
+    v = verdict(["base", "RL"], judged, {"harmlessness": r, "helpfulness": r}, {}, 100)
+    assert v["models"]["RL"]["win"]["harmlessness"]["win_rate"] == 1.0
+    assert v["models"]["base"]["refusal_harmful"] == 0.5
+    out = lines(v)
+    assert out[0] == "base: evasive refusals 50% of harmful, 50% of benign"
+    assert out[1].startswith("RL vs base: harmlessness win rate 1.00 [")
