@@ -35,13 +35,13 @@ feedback-model: $(FEEDBACK_STAMP)
 demo: $(STAMP) $(FEEDBACK_STAMP)
 	$(BIN)/cai models --prepare
 	$(BIN)/cai constitution validate bundled:harmless
-	# The whole Constitutional AI pipeline on the embedded model (configs/quickstart.yaml):
-	# critique -> revision -> SL-CAI fine-tune; the SL-CAI model answers twice per prompt; the
-	# embedded model labels each pair from its option probabilities (8 choice principles x
-	# both orders); a preference model on the soft labels; PPO against it, with the held-out
-	# reward and KL printed at the end; then the evaluation (Elo for harmlessness and
-	# helpfulness of base -> SL-CAI -> RL checkpoints, the critique ablation, evasiveness, a
-	# multiple-choice set) and the report, whose path is printed last.
+	# The whole Constitutional AI pipeline (configs/quickstart.yaml) with two roles: the policy
+	# (SmolLM2-135M, the model aligned) and the feedback model (Qwen2.5-Coder-1.5B: critic,
+	# reviser, labeler, judge). Critique -> revision of the policy's answers -> SL-CAI; the
+	# SL-CAI model answers twice per prompt; the feedback model labels each pair in both orders;
+	# a preference model; PPO against it; the evaluation of base, SL-CAI and RL-CAI on held-out
+	# prompts and the report. The last lines are the verdict: win rates against base with
+	# intervals, and evasive refusals on harmful and benign prompts.
 	$(BIN)/cai run configs/quickstart.yaml --out runs/quickstart
 
 # SELF-ALIGN on the embedded model (configs/self_align.yaml): self-instruct, topic-guided

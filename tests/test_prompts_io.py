@@ -8,10 +8,11 @@ from conftest import write_jsonl
 
 
 def test_bundled_sets():
-    for name in ("redteam", "helpful"):
+    for name, n in (("redteam", 128), ("helpful", 50), ("redteam_eval", 64),
+                    ("helpful_eval", 64)):
         _, rows = load_prompts(f"bundled:{name}")
-        assert len(rows) == 50
-        assert len({r.text for r in rows}) == 50
+        assert len(rows) == n
+        assert len({r.text for r in rows}) == n and len({r.id for r in rows}) == n
 
 
 def test_prompt_and_messages_rows(tmp_path):
@@ -57,3 +58,28 @@ def test_missing_and_empty_files(tmp_path):
         load_prompts(str(tmp_path / "e.jsonl"))
     with pytest.raises(InputError, match="unknown bundled"):
         load_prompts("bundled:nothing")
+
+
+def test_held_out_eval_prompts_are_apart_from_the_training_prompts():
+    """The evaluation's win rates mean something only on prompts no stage trained on: no
+    eval prompt may share most of its content words with a training prompt."""
+    import re
+
+    from constitutional.prompts_io import load_prompts
+
+    stop = set("a an the i my me to of in on for and or is are do how what can you your with "
+               "it that so be this if at from by as get without their them they he she his "
+               "her who which best way".split())
+
+    def words(text):
+        return {w for w in re.findall(r"[a-z']+", text.lower()) if w not in stop}
+
+    train = [r.text for name in ("bundled:redteam", "bundled:helpful")
+             for r in load_prompts(name)[1]]
+    for name in ("bundled:redteam_eval", "bundled:helpful_eval"):
+        rows = load_prompts(name)[1]
+        assert len(rows) >= 64
+        for r in rows:
+            e = words(r.text)
+            worst = max(len(e & words(t)) / len(e | words(t)) for t in train)
+            assert worst < 0.4, (name, r.text)

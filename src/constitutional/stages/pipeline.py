@@ -104,10 +104,12 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
     results: list[StageResult] = []
     from constitutional.backends import BackendCache
 
-    # The feedback model (critic, labeler, judge: often one model) is loaded once for the run
-    # and kept across stages; every other model is loaded by the stage that needs it.
+    # The feedback model (critic, labeler, judge: often one model) and the SL-CAI model (it
+    # answers in sl-cai, writes the pairs and answers in eval) are loaded once for the run and
+    # kept across stages; every other model is loaded by the stage that needs it.
     feedback = BackendCache(load_backend)
-    kept = {BackendCache.key(m) for m in feedback_models(cfg)}
+    kept = {BackendCache.key(m) for m in feedback_models(cfg)} | \
+        {BackendCache.key(cfg.critique.model.model_copy(update={"name": str(sl_model)}))}
     load_backend = (lambda m, _plain=load_backend:
                     feedback.get(m) if BackendCache.key(m) in kept else _plain(m))
     self_align_models = BackendCache(load_backend)   # SELF-ALIGN's models, each loaded once
