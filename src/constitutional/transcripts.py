@@ -70,7 +70,7 @@ def transcript_view(turns: Sequence[Turn], request: str) -> str:
 def reviser_messages(turns: Sequence[Turn], request: str) -> list[dict]:
     """The reviser's prompt: the conversation up to the human's last message, with the
     critique of this round and the revision request in the system message. The draft itself
-    is not shown: a small reviser shown a draft copies it (7 of 16 revisions in our trial)."""
+    is not shown: a small reviser shown a draft often copies it."""
     critique, conv = "(no critique)", []
     for tag, text in turns:
         if tag == "Critique":

@@ -24,9 +24,10 @@ import sys
 
 import torch
 
-# A packed copy doubles the memory of the linear weights. It pays most for big models: the
-# 1.5B feedback model decodes 128 rows in 317 ms a step packed against 1,423 ms plain (the
-# plain path reorders 3 GB of weights in every step); past 8 GB of weights the copy is not made.
+# A packed copy doubles the memory of the linear weights. It pays most for big models, whose
+# plain path reorders gigabytes of weights in every decode step (the 1.5B feedback model
+# decoded several times faster packed, in a one-off measurement not yet in bench/); past 8 GB
+# of weights the copy is not made.
 MAX_PACKED_BYTES = 8 * 1024 ** 3
 # The row count oneDNN tunes the layout for; packed weights serve any row count.
 _ROWS_HINT = 128

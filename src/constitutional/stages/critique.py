@@ -88,8 +88,10 @@ class CritiqueConfig(StrictModel):
     system_prompt: str | None = Field(None, description="System message before everything "
                                       "(in transcript format: the answering model's only).")
     critic_system_prompt: str | None = Field(None, description="transcript format: the "
-                                             "critic's instructions (None: a built-in one, "
-                                             "transcripts.CRITIC_SYSTEM).")
+                                             "critique step's instructions (None: "
+                                             "transcripts.CRITIC_SYSTEM); the revision step "
+                                             "always uses transcripts.REVISER_SYSTEM, and "
+                                             "exemplars are not used in this format.")
     copy_threshold: float = Field(0.9, gt=0, le=1, description="Word-level similarity at "
                                   "or above which a revision counts as a copy.")
     chunk_size: int = Field(32, ge=1, description="Prompts per resumable shard.")
