@@ -28,6 +28,11 @@ def main() -> None:
         # the same for every launched process, so the main process alone says it.
         if is_main_process() or state["verbose"]:
             print(f"error: {e}", file=sys.stderr)
+        else:
+            # The launcher ends every process once one exits: give the main process the
+            # moment it needs to say the error (a loaded machine lost it otherwise).
+            import time
+            time.sleep(3)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; run the same command again to resume")
