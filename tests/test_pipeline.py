@@ -133,7 +133,7 @@ def test_kill_cai_run_during_rl_and_restart_matches_unbroken(tmp_path, tiny_llam
         assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text(), f
 
 
-@pytest.mark.parametrize("name", ["quickstart", "cai_dpo", "cai_paper"])
+@pytest.mark.parametrize("name", ["quickstart", "cai_rlaif", "cai_dpo", "cai_paper"])
 def test_shipped_recipes_are_valid(name):
     from pathlib import Path
 
@@ -143,4 +143,7 @@ def test_shipped_recipes_are_valid(name):
     path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
     cfg = load_config(RecipeConfig, path, [], {})
     assert cfg.stages[0] == "sl-cai" and cfg.stages[-2:] == ["eval", "report"]
-    assert cfg.rl.method == ("dpo" if name == "cai_dpo" else "ppo")
+    assert cfg.rl.method == ("dpo" if name in ("cai_dpo", "quickstart") else "ppo")
+    # the quickstart's DPO learns from pairs by construction, so it needs no labels or PM
+    assert (cfg.rl.dpo.pairs == "revisions") == (name == "quickstart")
+    assert ("label" in cfg.stages) == (name != "quickstart")

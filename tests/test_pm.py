@@ -184,7 +184,7 @@ def test_dpo_with_soft_labels_on_a_tiny_model(tmp_path, tiny_llama, mode, lora):
                          learning_rate=5e-3 if lora else 1e-3, batch_size=8, precision="fp32",
                          beta=0.5,
                          logging_steps=1, soft_labels=mode, min_confidence=0.35, lora=lora)
-    rows = build_rows(cfg, str(labels))
+    rows = build_rows(cfg, {"labels": str(labels)})
     # min_confidence 0.35 keeps p >= 0.85; "drop" trains them as hard labels
     assert rows and all(r["soft_label"] >= 0.85 for r in rows)
     assert all(r["soft_label"] == 1.0 for r in rows) == (mode == "drop")
@@ -192,4 +192,66 @@ def test_dpo_with_soft_labels_on_a_tiny_model(tmp_path, tiny_llama, mode, lora):
     hist = json.loads((tmp_path / "run/rl/log_history.json").read_text())
     margins = [h["rewards/margins"] for h in hist if "rewards/margins" in h]
     assert len(margins) >= 3 and margins[-1] > margins[0] and margins[-1] > 0
+    assert (result.output / "model.safetensors").is_file()
+
+
+def critique_rows(path, rows):
+    return write_jsonl(path, [
+        {"id": f"rt-{i}", "sample": 0, "messages": [{"role": "user", "content": q}],
+         "initial_response": orig, "revision": rev, "ok": ok}
+        for i, (q, orig, rev, ok) in enumerate(rows)])
+
+
+def test_pairs_by_construction_take_kept_revisions_over_the_originals(tmp_path):
+    from constitutional.train.dpo import DPOTrainConfig, build_rows, pair_sources
+    from constitutional.train.pm_data import revision_pair_examples
+
+    path = critique_rows(tmp_path / "critique.jsonl", [
+        ("q0", "harmful steps", "a careful answer", True),
+        ("q1", "steps", "meta text about the response", False),     # flagged: left out
+        ("q2", "same", "same", True)])                               # unchanged: no pair
+    rows = revision_pair_examples(path)
+    assert [r["source_id"] for r in rows] == ["rt-0#0"]
+    assert rows[0]["prompt"] == [{"role": "user", "content": "q0"}]
+    assert rows[0]["chosen"][0]["content"] == "a careful answer"
+    assert rows[0]["rejected"][0]["content"] == "harmful steps"
+    assert rows[0]["margin"] == 1.0 and rows[0]["source"] == "revision"
+    with pytest.raises(InputError, match=r"bad.jsonl:1: initial_response"):
+        revision_pair_examples(write_jsonl(tmp_path / "bad.jsonl", [
+            {"id": "x", "sample": 0, "messages": [], "revision": "r", "ok": True}]))
+
+    run = tmp_path / "run"
+    cfg = DPOTrainConfig(pairs="revisions")
+    assert pair_sources(cfg, run) == {"revisions": str(run / "critique" / "output.jsonl")}
+    assert set(pair_sources(DPOTrainConfig(pairs="both"), run)) == {"labels", "revisions"}
+    labels = toy_labels(tmp_path / "labels.jsonl", n=4)
+    both = build_rows(DPOTrainConfig(pairs="both"), {"labels": str(labels),
+                                                     "revisions": str(path)})
+    assert len(both) == 5 and both[-1]["soft_label"] == 1.0
+
+
+def test_dpo_on_pairs_by_construction_needs_the_critique_stage(tmp_path):
+    from constitutional.train.dpo import DPOTrainConfig, run_dpo
+
+    with pytest.raises(InputError, match="run the sl-cai stage first") as e:
+        run_dpo(DPOTrainConfig(pairs="revisions"), tmp_path / "run", log=lambda m: None)
+    assert e.value.field == "rl.dpo.pairs"
+
+
+def test_dpo_on_pairs_by_construction_trains_a_tiny_model(tmp_path, tiny_llama):
+    from constitutional.train.dpo import DPOTrainConfig, run_dpo
+
+    run = tmp_path / "run"
+    (run / "critique").mkdir(parents=True)
+    critique_rows(run / "critique" / "output.jsonl", [
+        (f"question {i}", f"rude reply {i % 5}", f"kind reply {i % 7}", True) for i in range(24)])
+    cfg = DPOTrainConfig(model={"name": str(tiny_llama)}, pairs="revisions", epochs=3,
+                         learning_rate=5e-3, batch_size=8, precision="fp32", beta=0.5,
+                         logging_steps=1)
+    result = run_dpo(cfg, run, log=lambda m: None)
+    manifest = json.loads((run / "rl/manifest.json").read_text())
+    assert manifest["rows"] == 24 and set(manifest["inputs"]) == {"revisions", "policy"}
+    hist = json.loads((run / "rl/log_history.json").read_text())
+    margins = [h["rewards/margins"] for h in hist if "rewards/margins" in h]
+    assert margins[-1] > margins[0] and margins[-1] > 0
     assert (result.output / "model.safetensors").is_file()

@@ -1,4 +1,5 @@
-"""Stage `rl` with method dpo: DPO on the AI-labelled pairs, using the soft labels.
+"""Stage `rl` with method dpo: DPO on the AI-labelled pairs (soft labels), on pairs by
+construction (the critic's revision chosen over the policy's original, hard labels), or both.
 
 TRL's DPOTrainer does the data handling, the reference model (the adapters switched off under
 LoRA), checkpoints and logging. Two ways to use a soft label p (probability that `chosen` is
@@ -10,7 +11,9 @@ better; pairs are oriented so p >= 0.5), set by `soft_labels`:
   for all pairs, so the loss is ours.
 - `drop`: pairs with |p - 0.5| < `min_confidence` are left out and the rest trained as hard
   labels (p = 1).
-`min_confidence` also applies under `smooth`. On CPU the log-probabilities come from the LM
+`min_confidence` also applies under `smooth`. Pairs by construction (`pairs: revisions`) are
+the open recipes' DPO data: they need no labels, and teach the policy away from its own
+unrevised answers rather than between two of its samples. On CPU the log-probabilities come from the LM
 head run on completion positions only, as in SFT.
 """
 
@@ -25,7 +28,7 @@ from constitutional.artifacts import StageResult, model_identity
 from constitutional.config import ModelConfig, StrictModel
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file
-from constitutional.train.pm_data import ai_label_examples
+from constitutional.train.pm_data import ai_label_examples, revision_pair_examples
 from constitutional.train.sft import LoraSettings, use_bf16
 from constitutional.train.stage import run_training_stage, train_and_save
 
@@ -35,7 +38,12 @@ STAGE = "rl"
 class DPOTrainConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The policy (the "
                                "SL-CAI model; `cai run` fills it in).")
+    pairs: Literal["labels", "revisions", "both"] = Field(
+        "labels", description="labels: the AI-labelled pairs (RLAIF); revisions: pairs by "
+        "construction from the critique stage (revision chosen, original rejected); both.")
     labels: str | None = Field(None, description="AI labels (default: RUN/labels/output.jsonl).")
+    revisions: str | None = Field(None, description="Critique rows for `pairs: revisions` "
+                                  "(default: RUN/critique/output.jsonl).")
     soft_labels: Literal["smooth", "drop"] = "smooth"
     min_confidence: float = Field(0.0, ge=0, lt=0.5, description="Leave out pairs with "
                                   "|p - 0.5| below this.")
@@ -55,20 +63,41 @@ class DPOTrainConfig(StrictModel):
     seed: int = 0
 
 
-def build_rows(cfg: DPOTrainConfig, labels: str) -> list[dict]:
-    rows = ai_label_examples(labels, cfg.min_confidence)
+def pair_sources(cfg: DPOTrainConfig, run_dir: str | Path) -> dict[str, str]:
+    """{kind: path} of the pair files this config trains on."""
+    run_dir = Path(run_dir)
+    out = {}
+    if cfg.pairs in ("labels", "both"):
+        out["labels"] = cfg.labels or str(run_dir / "labels" / "output.jsonl")
+    if cfg.pairs in ("revisions", "both"):
+        out["revisions"] = cfg.revisions or str(run_dir / "critique" / "output.jsonl")
+    return out
+
+
+def build_rows(cfg: DPOTrainConfig, sources: dict[str, str]) -> list[dict]:
+    rows = ai_label_examples(sources["labels"], cfg.min_confidence) if "labels" in sources \
+        else []
+    if "revisions" in sources:
+        rows += revision_pair_examples(sources["revisions"])
     out = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
             "soft_label": 1.0 if cfg.soft_labels == "drop" else r["margin"],
             "source_id": r["source_id"]} for r in rows]
     if not out:
-        raise InputError("no pairs left to train on (all too close to 0.5?)", path=labels)
+        raise InputError("no pairs left to train on (all labels too close to 0.5, or no "
+                         "kept revisions?)", path=", ".join(sources.values()))
     return out
 
 
 def run_dpo(cfg: DPOTrainConfig, run_dir: str | Path,
             log: Callable[[str], None] = print) -> StageResult:
-    labels = cfg.labels or str(Path(run_dir) / "labels" / "output.jsonl")
-    inputs = {"labels": sha256_file(labels), "policy": model_identity(cfg.model.name)}
+    sources = pair_sources(cfg, run_dir)
+    for kind, path in sources.items():
+        if not Path(path).is_file():
+            raise InputError(f"no {kind} to train DPO on (run the "
+                             f"{'label' if kind == 'labels' else 'sl-cai'} stage first)",
+                             path=path, field="rl.dpo.pairs")
+    inputs = {**{k: sha256_file(p) for k, p in sources.items()},
+              "policy": model_identity(cfg.model.name)}
 
     def train(rows, stage: Path, final: Path, lg) -> list[dict]:
         trainer = make_trainer(cfg, rows, stage / "checkpoints")
@@ -76,7 +105,7 @@ def run_dpo(cfg: DPOTrainConfig, run_dir: str | Path,
                               {"stage": STAGE, "kind": "dpo"}, lg)
 
     return run_training_stage(STAGE, {"method": "dpo", **cfg.model_dump(mode="json")}, inputs,
-                              lambda: build_rows(cfg, labels), train, run_dir, log)
+                              lambda: build_rows(cfg, sources), train, run_dir, log)
 
 
 def sequence_logps(model, inputs):

@@ -52,6 +52,22 @@ def ai_label_examples(path: str | Path, min_confidence: float = 0.0) -> list[dic
     return out
 
 
+def revision_pair_examples(path: str | Path) -> list[dict]:
+    """Pairs by construction from a critique stage: the kept revision chosen over the policy's
+    original answer, as a hard label (p = 1). Flagged revisions are left out, as in SFT."""
+    out = []
+    for line, row in read_jsonl(Path(path)):
+        for key in ("messages", "initial_response", "revision", "ok"):
+            if key not in row:
+                raise InputError("not a critique output row (run `cai critique`)",
+                                 path=str(path), line=line, field=key)
+        if row["ok"] and row["revision"].strip() != row["initial_response"].strip():
+            conversation = [(m["role"], m["content"]) for m in row["messages"]]
+            out.append(example(conversation, row["revision"], row["initial_response"], 1.0,
+                               "revision", f"{row['id']}#{row['sample']}"))
+    return out
+
+
 def human_examples(path: str | Path) -> list[dict]:
     """Human-labelled comparisons (HHH or HH format): hard labels, p = 1."""
     pairs, _ = load_comparisons(path)
