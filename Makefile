@@ -37,15 +37,16 @@ demo: $(STAMP) $(FEEDBACK_STAMP)
 	$(BIN)/cai constitution validate bundled:harmless
 	# The whole Constitutional AI pipeline (configs/quickstart.yaml) with two roles: the policy
 	# (SmolLM2-135M, the model aligned) and the feedback model (Qwen2.5-Coder-1.5B: critic,
-	# reviser, labeler, judge). Critique -> revision of the policy's answers -> SL-CAI; the
-	# SL-CAI model answers twice per prompt; the feedback model labels each pair in both orders;
-	# a preference model; PPO against it; the evaluation of base, SL-CAI and RL-CAI on held-out
-	# prompts and the report. The last lines are the verdict: win rates against base with
-	# intervals, and evasive refusals on harmful and benign prompts.
+	# reviser, judge). Critique -> revision of the policy's answers -> SL-CAI; RL-CAI by DPO
+	# on pairs by construction (each kept revision over the original answer); the evaluation
+	# of base, SL-CAI and RL-CAI on held-out prompts and the report. The last lines are the
+	# verdict: win rates against base with intervals, and evasive refusals on harmful and
+	# benign prompts.
 	$(BIN)/cai run configs/quickstart.yaml --out runs/quickstart
 
-# SELF-ALIGN on the embedded model (configs/self_align.yaml): self-instruct, topic-guided
-# red-teaming, principle-driven answers, principle engraving, verbose cloning, report.
+# SELF-ALIGN on the built-in models (configs/self_align.yaml): self-instruct, topic-guided
+# red-teaming, principle-driven answers (by the feedback model), principle engraving and
+# verbose cloning of the policy, the policy before and after judged on held-out prompts, report.
 self-align: $(STAMP) $(FEEDBACK_STAMP)
 	$(BIN)/cai run configs/self_align.yaml --out runs/self_align
 
@@ -66,8 +67,12 @@ test: $(STAMP) browser
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-bench: $(STAMP)
+# llama.cpp is the feedback model's reference engine in bench/feedback_model.py: built from
+# source here (minutes, once; pip caches the wheel), never by `make demo`.
+bench: $(STAMP) $(FEEDBACK_STAMP)
+	$(BIN)/python -m pip install -q llama-cpp-python==0.3.36
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/feedback_model.py
 	$(BIN)/python bench/engine_parts.py
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/critique.py

@@ -281,3 +281,53 @@ def test_principle_stats_and_drop_counts_by_hand():
                             "self_instruct": {"helpful": 1, "ethical": 1}}
     assert s["order"] == ["candor", "ethical", "helpful"]
     assert drop_counts(rows) == {"kept": 2, "runaway": 1}
+
+
+def test_self_align_roles_feedback_writes_the_answers_the_policy_is_engraved(tmp_path,
+                                                                            tiny_llama):
+    """With roles, the feedback model writes the principle-driven and the verbose answers, the
+    policy writes the instructions and is engraved and cloned, and the eval judges the policy
+    before and after."""
+    (tmp_path / "policy.yaml").write_text(
+        "rules:\n"
+        "  - {match: 'internal thoughts\\):$', reply: \" Rule 3 applies.\\n\\nWatson: POLICY.\"}\n"
+        "  - {match: 'topics such questions', reply: \" the weather\\n2. stock prices\"}\n"
+        "  - {match: 'Question:$', reply: \" What will the weather be like next week in Oslo?\"}\n"
+        "  - {match: 'series of tasks', reply: \" Describe your favourite season and why.\\n"
+        "9. Suggest a name for a new bakery in town.\\n10. Explain how a compass works.\"}\n")
+    (tmp_path / "feedback.yaml").write_text(
+        "rules:\n"
+        "  - {match: 'internal thoughts\\):$', reply: \" Rule 3 (helpful) and rule 7 (candor)"
+        " apply.\\n\\nWatson: A careful answer from the writer.\"}\n"
+        "  - {match: '.', reply: \"A long and verbose answer from the writer.\"}\n")
+    (tmp_path / "recipe.yaml").write_text(f"""
+stages: [self-instruct, redteam, self-align, engrave, verbose, eval, report]
+roles:
+  policy: {{name: {tiny_llama}, fake_script: policy.yaml}}
+  feedback: {{name: WRITER, fake_script: feedback.yaml}}
+selfalign:
+  self_instruct: {{target: 3, requests: 2, max_rounds: 3}}
+  redteam: {{topics_per_type: 2, limit_types: 2}}
+  engrave: {{precision: fp32, batch_size: 4, max_length: 96, save_steps: 1000}}
+  verbose: {{precision: fp32, batch_size: 4, max_length: 96, save_steps: 1000}}
+  held_out: 1
+eval: {{limit: 4, compare: anchor, judge_principles: 1, evasiveness: false,
+        benchmarks: [], ablation: false}}
+""")
+    r = run_cai(["run", "recipe.yaml", "--dry-run", "--out", "run"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "run"
+    answers = read_output(run / "self_align/output.jsonl")
+    assert answers and all(a["answer"] == "A careful answer from the writer." for a in answers
+                           if a["ok"])
+    assert json.loads((run / "self_align/manifest.json").read_text())["inputs"]["model"] \
+        .startswith("WRITER")
+    verbose = read_output(run / "verbose_answers/output.jsonl")
+    assert verbose and all("from the writer" in v["completion"] for v in verbose)
+    engraved = json.loads((run / "engraved/manifest.json").read_text())
+    assert str(tiny_llama) in json.dumps(engraved["config"]["model"])   # the policy, engraved
+    instructions = read_output(run / "instructions/output.jsonl")
+    assert not any("writer" in i["instruction"] for i in instructions)  # the policy wrote them
+    summary = json.loads((run / "eval/summary.json").read_text())
+    assert set(summary["verdict"]["models"]) == {"base", "engraved", "verbose-cloned"}
+    assert "engraved vs base" in (run / "report.md").read_text()

@@ -42,13 +42,16 @@ def run_cmd(
                             selfalign__model__backend=fake))
     if model:
         set_model(cfg, model)
-    if dry_run and cfg.critique.critic is not None:
-        cfg.critique.critic.backend = "fake"
+    for writer in (cfg.critique.critic, cfg.selfalign.feedback):
+        if dry_run and writer is not None:
+            writer.backend = "fake"
     select(cfg.stages, start, until)
     from constitutional.cli.sl_cai import _check_inputs
     _check_inputs(cfg.critique)
     for m in (cfg.sft.model, cfg.label.model, cfg.pm.model) + \
             ((cfg.critique.critic,) if cfg.critique.critic else ()) + \
+            ((cfg.selfalign.feedback,) if cfg.selfalign.feedback and "self-align" in
+             cfg.stages else ()) + \
             ((cfg.eval.judge,) if "eval" in cfg.stages else ()):
         check_model(m)
     out_dir = out_dir or Path("runs") / config.stem

@@ -107,9 +107,14 @@ def slug(text: str) -> str:
 
 def run_models(run_dir: Path, base: str | None, rl_method: str = "ppo",
                snapshots: bool = True) -> list[EvalModel]:
-    """The run's models in training order: base -> SL-CAI -> RL snapshots -> RL."""
+    """The run's models in training order: base -> SL-CAI -> RL snapshots -> RL, and for a
+    SELF-ALIGN run base -> engraved -> verbose-cloned."""
     rl_line = f"RL-CAI ({rl_method.upper()})"
-    out = [EvalModel(name=base, label="base", lines=["SL-CAI"])] if base else []
+    self_align = [(run_dir / d / "model", label) for d, label in
+                  (("engraved", "engraved"), ("verbose_model", "verbose-cloned"))
+                  if (run_dir / d / "model").is_dir()]
+    base_lines = ["SELF-ALIGN"] if self_align else ["SL-CAI"]
+    out = [EvalModel(name=base, label="base", lines=base_lines)] if base else []
     sl = run_dir / "sl_model" / "model"
     if sl.is_dir():
         out.append(EvalModel(name=str(sl), label="SL-CAI", lines=["SL-CAI", rl_line]))
@@ -119,6 +124,8 @@ def run_models(run_dir: Path, base: str | None, rl_method: str = "ppo",
     if (run_dir / "rl" / "model").is_dir():
         out.append(EvalModel(name=str(run_dir / "rl" / "model"), label="RL-CAI",
                              lines=[rl_line]))
+    out += [EvalModel(name=str(path), label=label, lines=["SELF-ALIGN"])
+            for path, label in self_align]
     return out
 
 

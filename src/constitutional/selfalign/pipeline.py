@@ -4,13 +4,18 @@
     redteam_topics/    topics brainstormed per adversarial type
     redteam/           one instruction per (type, topic)
     instructions/      both sets screened together (filters, ROUGE-L dedup), counts by reason
-    self_align/        the base model's principle-driven answers: thoughts, answer, flags
+    self_align/        the principle-driven answers (the base model's, or the feedback
+                       model's when `feedback` is set): thoughts, answer, flags
     engraved/          principle engraving: fine-tune on (instruction, answer), no principles
-    verbose_answers/   the engraved model answers under the verbose prompt
+    verbose_answers/   the engraved model (or the feedback model) answers under the verbose
+                       prompt
     verbose_model/     verbose cloning: fine-tune on those answers without the prompt
     selfalign_samples/ held-out instructions answered by the engraved and the final model
 
-The base model is loaded once for the generation stages and released before training.
+The base model is loaded once for the generation stages and released before training. With a
+`feedback` model (a recipe's roles set it), the 16 principles and 5 exemplars are read by a
+model that can follow them, and the policy is engraved and cloned from its answers: a 135M
+model cannot apply that prompt in context.
 """
 
 from __future__ import annotations
@@ -63,6 +68,9 @@ class SelfAlignConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model: "
                                "writes the instructions and the principle-driven answers, "
                                "and is fine-tuned.")
+    feedback: ModelConfig | None = Field(None, description="Writes the principle-driven "
+                                         "and the verbose answers; None: the base model "
+                                         "itself (the paper's self-alignment).")
     constitution: str = Field("bundled:self_align", description="A constitution with a "
                               "`self_align` section (principles, exemplars, verbose prompt).")
     self_instruct: SelfInstructConfig = Field(default_factory=SelfInstructConfig)
@@ -250,7 +258,8 @@ def run_principled(cfg: SelfAlignConfig, run_dir: Path, get_backend,
     return run_model_stage(
         StageDir(run_dir, "self_align"), config={"sampling": cfg.answer_sampling.model_dump(),
                                                  "self_align": sa.model_dump()},
-        inputs={"instructions": sha256_json(rows), "model": model_identity(cfg.model.name)},
+        inputs={"instructions": sha256_json(rows),
+                "model": model_identity((cfg.feedback or cfg.model).name)},
         items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend, work=work,
         total=len(rows), unit="answers", log=log)
 
@@ -327,7 +336,8 @@ def run_self_align_stage(name: str, cfg: SelfAlignConfig, run_dir: Path,
     if name == "self-align":
         if not (run_dir / "instructions" / OUTPUT).is_file():
             merge_instructions(cfg, run_dir)
-        return [run_principled(cfg, run_dir, base, log)]
+        writer = backends.loader(cfg.feedback) if cfg.feedback else base
+        return [run_principled(cfg, run_dir, writer, log)]
     backends.release(cfg.model)   # free the base model before fine-tuning
     return _train_stage(name, cfg, run_dir, backends, log)
 
@@ -349,8 +359,9 @@ def _train_stage(name, cfg, run_dir, backends: BackendCache, log) -> list[StageR
                            {"answers": sha256_file(run_dir / "self_align" / OUTPUT)}, run_dir,
                            log)
         return [res] + _samples("engraved", ecfg, held, cfg, run_dir, engraved_backend, log)
-    gen = run_answers("verbose_answers", ecfg, train_rows, sa.verbose_prompt,
-                      cfg.verbose_sampling, run_dir, engraved_backend, log)
+    writer = cfg.feedback or ecfg         # the paper: the engraved model under the prompt
+    gen = run_answers("verbose_answers", writer, train_rows, sa.verbose_prompt,
+                      cfg.verbose_sampling, run_dir, backends.loader(writer), log)
     backends.release(ecfg)
     res = run_finetune("verbose_model", cfg.verbose, str(engraved),
                        lambda: verbose_rows(read_output(gen.output)),

@@ -135,9 +135,11 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, load_backend: Callable,
             results.append(run_rl(cfg.rl, run_dir, str(sl_model), log))
         elif name == "eval":
             from constitutional.evals.run import run_eval
+            base = cfg.selfalign.model.name if set(cfg.stages) & set(SELF_ALIGN_STAGES) \
+                else cfg.sft.model.name
             results.append(run_eval(cfg.eval, run_dir, load_backend, log,
                                     critique=cfg.critique, label=cfg.label,
-                                    base=cfg.sft.model.name, rl_method=cfg.rl.method))
+                                    base=base, rl_method=cfg.rl.method))
         elif name == "report":
             results.append(run_report(run_dir))
         elif name in SELF_ALIGN_STAGES:

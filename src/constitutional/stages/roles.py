@@ -8,7 +8,9 @@
       critic   writes the critiques and revisions of SL-CAI (`policy`: the paper's
                self-critique, where the helpful model revises its own answers);
       labeler  labels the pairs (RL-CAI's AI feedback);
-      judge    compares the models in the evaluation and reads their evasiveness.
+      judge    compares the models in the evaluation and reads their evasiveness;
+      writer   writes SELF-ALIGN's principle-driven and verbose answers (`policy`: the
+               paper's self-alignment), from which the policy is engraved and cloned.
 
 The paper's feedback model was a 52B pretrained model and its critic the 52B helpful model
 itself; a 135M policy can be neither (its labels are position bias, its revisions meta-text), so
@@ -41,6 +43,8 @@ class RolesConfig(StrictModel):
                         "revisions (policy: the paper's self-critique).")
     labeler: Use = Field("feedback", description="Who labels the pairs.")
     judge: Use = Field("feedback", description="Who judges the evaluation and evasiveness.")
+    writer: Use = Field("feedback", description="Who writes SELF-ALIGN's principle-driven "
+                        "and verbose answers (policy: the paper's self-alignment).")
 
     def model(self, use: Use) -> ModelConfig:
         return self.policy if use == "policy" else self.feedback
@@ -68,11 +72,16 @@ def apply_roles(cfg) -> None:
         cfg.critique.critic = roles.feedback.model_copy(deep=True)
     cfg.label.model = merged(roles.model(roles.labeler), cfg.label.model)
     cfg.eval.judge = merged(roles.model(roles.judge), cfg.eval.judge)
+    sa = cfg.selfalign
+    sa.model = merged(policy, sa.model)
+    if sa.feedback is not None:
+        sa.feedback = merged(roles.model(roles.writer), sa.feedback)
+    elif roles.writer == "feedback":
+        sa.feedback = roles.feedback.model_copy(deep=True)
 
 
 def feedback_models(cfg) -> list[ModelConfig]:
     """The models a recipe uses to give feedback (kept loaded across its stages)."""
     out = [cfg.label.model, cfg.eval.judge]
-    if cfg.critique.critic is not None:
-        out.append(cfg.critique.critic)
+    out += [m for m in (cfg.critique.critic, cfg.selfalign.feedback) if m is not None]
     return out
