@@ -13,8 +13,8 @@ better; pairs are oriented so p >= 0.5), set by `soft_labels`:
   labels (p = 1).
 `min_confidence` also applies under `smooth`. Pairs by construction (`pairs: revisions`) are
 the open recipes' DPO data: they need no labels, and teach the policy away from its own
-unrevised answers rather than between two of its samples. On CPU the log-probabilities come from the LM
-head run on completion positions only, as in SFT.
+unrevised answers rather than between two of its samples. On CPU the log-probabilities come
+from the LM head run on completion positions only, as in SFT.
 """
 
 from __future__ import annotations
