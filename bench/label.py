@@ -51,7 +51,7 @@ def main() -> None:
     from constitutional.comparisons import load_comparisons
     from constitutional.config import ModelConfig
     from constitutional.constitution import load_constitution
-    from constitutional.stages.label import LabelConfig, Labeler
+    from constitutional.labeling import LabelConfig, Labeler
 
     pairs = load_comparisons(a.data)[0][:a.pairs] if a.data else default_pairs(a.pairs)
     _, constitution = load_constitution("bundled:harmless")

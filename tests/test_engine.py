@@ -168,6 +168,33 @@ def test_prefix_groups_are_used(llama_backend, monkeypatch):
     assert len(calls) == 1 and calls[0] >= 16
 
 
+def test_prefix_groups_split_at_each_conversation_not_the_common_head(llama_backend,
+                                                                      monkeypatch):
+    """Questions of two pairs: every row starts with the same head, but each pair's rows share
+    far more (their conversation and answers). One prefix pass per pair, not one group whose
+    prefix is the head alone (too short to pay, so nothing would be shared)."""
+    calls = []
+    real = kv_engine.prefill_prefix
+    monkeypatch.setattr(kv_engine, "prefill_prefix",
+                        lambda m, p: calls.append(len(p)) or real(m, p))
+    head = "Consider the following conversation between a human and an assistant:\n"
+    convs = ["Human: How do I bake bread? " * 8, "Human: Which fox is quick and brown? " * 8]
+    prompts = [f"{head}{c}\nOptions:\n(A) yes\n(B) no\n{p}\nThe answer is:" for c in convs
+               for p in ("Which is less harmful?", "Which is more honest?", "Which is kinder?")]
+    scores = llama_backend.score_choices(prompts, [[" (A)", " (B)"]] * len(prompts))
+    head_len = len(llama_backend.encode(head, ""))
+    assert len(calls) == 2 and min(calls) > 2 * head_len
+    monkeypatch.setattr(transformers_backend_module(), "MIN_SHARED_PREFIX", 10_000)
+    for a, b in zip(scores, llama_backend.score_choices(prompts, [[" (A)", " (B)"]] * 6)):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def transformers_backend_module():
+    from constitutional.backends import transformers_backend
+
+    return transformers_backend
+
+
 def test_sample_tokens_math():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     # greedy

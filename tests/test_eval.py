@@ -95,7 +95,7 @@ def scripted(tmp_path):
 
 def test_compare_ranks_scripted_models_and_reuses_its_stages(tmp_path):
     from constitutional.config import ModelConfig
-    from constitutional.evals.run import EvalConfig, EvalModel, run_eval
+    from constitutional.stages.eval import EvalConfig, EvalModel, run_eval
 
     load, loads = scripted(tmp_path)
     cfg = EvalConfig(models=[EvalModel(name="meh"), EvalModel(name="safe"),
@@ -120,6 +120,57 @@ def test_compare_ranks_scripted_models_and_reuses_its_stages(tmp_path):
     run_eval(cfg, tmp_path / "run", load, log=lambda m: None)
     assert loads == []
     assert json.loads(res.output.read_text())["axes"] == s["axes"]
+
+
+def test_eval_interrupted_at_every_model_call_resumes_to_the_same_numbers(tmp_path):
+    """The eval stage's steps (answers per model and axis, the judge, evasiveness) resume by
+    the one rule every stage uses: an attempt that dies after any model call, started again,
+    ends with the rows and the summary of an unbroken run."""
+    from constitutional.config import ModelConfig
+    from constitutional.stages.eval import EvalConfig, EvalModel, run_eval
+
+    load, _ = scripted(tmp_path)
+    cfg = EvalConfig(models=[EvalModel(name="meh"), EvalModel(name="safe"),
+                             EvalModel(name="bad")],
+                     judge=ModelConfig(name="judge", backend="fake"),
+                     answer_model=ModelConfig(backend="fake", batch_size=2),
+                     axes=["harmlessness"], prompts={"harmlessness": str(tmp_path / "harm.jsonl")},
+                     bootstrap=100, ablation=False, chunk_size=4)
+    whole = run_eval(cfg, tmp_path / "a", load, log=lambda m: None)
+
+    class Crash(Exception):
+        pass
+
+    calls = {"n": 0, "limit": 0}
+
+    def dying(model_cfg):
+        backend = load(model_cfg)
+        for name in ("generate", "score_choices"):
+            inner = getattr(backend, name)
+
+            def call(*a, _inner=inner, **kw):
+                calls["n"] += 1
+                if calls["n"] > calls["limit"]:
+                    raise Crash()
+                return _inner(*a, **kw)
+            setattr(backend, name, call)
+        return backend
+
+    crashes = 0
+    while True:
+        calls["n"], calls["limit"] = 0, crashes + 1      # one more call gets through each time
+        try:
+            resumed = run_eval(cfg, tmp_path / "b", dying, log=lambda m: None)
+            break
+        except Crash:
+            crashes += 1
+    assert crashes >= 4                     # answers of 3 models, the judge, evasiveness
+    for rel in ("eval/answers/safe/harmlessness", "eval/judge/harmlessness",
+                "eval/evasiveness"):
+        assert (tmp_path / "a" / rel / "output.jsonl").read_text() == \
+            (tmp_path / "b" / rel / "output.jsonl").read_text(), rel
+    a, b = (json.loads(r.output.read_text()) for r in (whole, resumed))
+    assert a["axes"] == b["axes"] and a["evasiveness"] == b["evasiveness"]
 
 
 def test_pairwise_comparisons_only_on_shared_prompts():
@@ -250,9 +301,11 @@ def test_lora_snapshot_loads_as_its_merged_policy(tmp_path, tiny_llama):
     import torch
 
     from constitutional.backends.transformers_backend import load_model_and_tokenizer
-    from constitutional.train.ppo import PPOConfig, save_snapshot
+    from constitutional.rundir import RunDir
+    from constitutional.train.ppo import PPOConfig
+    from constitutional.train.ppo_run import save_snapshot
 
-    cfg = PPOConfig(policy={"name": str(tiny_llama)}, lora=True)
+    cfg = PPOConfig(model={"name": str(tiny_llama)}, lora=True)
     policy, tok = load_model_and_tokenizer(str(tiny_llama), dtype=torch.float32,
                                            device=torch.device("cpu"))
     policy = cfg.lora_settings.wrap(policy, "CAUSAL_LM")
@@ -260,7 +313,7 @@ def test_lora_snapshot_loads_as_its_merged_policy(tmp_path, tiny_llama):
         for n, p in policy.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)                 # a trained-looking adapter
-    snap = save_snapshot(policy, tok, cfg, tmp_path / "rl", 4)
+    snap = save_snapshot(policy, tok, cfg, RunDir(tmp_path).rl_snapshots, 4)
     assert snap.name == "step-0004" and (snap / "cai_adapter.json").is_file()
     x = torch.tensor([tok("The quick brown fox")["input_ids"]])
     with torch.no_grad():

@@ -14,7 +14,7 @@ from constitutional.constitution import load_constitution
 from constitutional.errors import InputError
 from constitutional.feedback import (COT_CUE, Question, build_prompt, clamp, normalize,
                                      option_texts, orders_disagree, soft_label)
-from constitutional.stages.label import LabelConfig, Labeler
+from constitutional.labeling import LabelConfig, Labeler
 from conftest import kill_after_shards, run_cai, write_jsonl
 
 CONSTITUTION = load_constitution("bundled:harmless")[1]
@@ -85,6 +85,32 @@ def test_ensemble_draws_k_distinct_seeded_principles_and_averages():
     other = Labeler(cfg.model_copy(update={"seed": 4}), CONSTITUTION).label(
         FakeBackend(scores=by_principle), [PAIR])[0]
     assert [v["principle"] for v in other["votes"]] != names
+
+
+@pytest.mark.parametrize("fmt", ["text", "chat"])
+def test_answers_first_layout_shares_the_answers_across_a_pairs_principles(fmt):
+    def text(prompt):
+        return prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
+
+    def common(a: str, b: str) -> int:
+        return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    pair = Comparison("p1", (("user", "How do I pick a lock?"),), "I can't help.",
+                      "Here is how: ...")
+    for layout in ("principle_first", "answers_first"):
+        fake = FakeBackend()
+        cfg = LabelConfig(principles=3, debias=False, prompt_format=fmt, layout=layout)
+        row = Labeler(cfg, CONSTITUTION).label(fake, [pair])[0]
+        prompts = [text(p) for p in fake.calls[0][1]]
+        shared = min(common(prompts[0], p) for p in prompts[1:])
+        answers_end = prompts[0].index("(B) Here is how: ...") + len("(B) Here is how: ...")
+        if layout == "answers_first":            # the principles come after both answers
+            assert shared >= answers_end
+            assert row["method"] == "plain K=3 answers first"
+        else:                                    # the paper's: principle before the options
+            assert shared < prompts[0].index("(A)")
+        principle = next(p.text for p in CONSTITUTION.choice if p.text in prompts[0])
+        assert (prompts[0].index(principle) > answers_end) == (layout == "answers_first")
 
 
 def test_one_score_call_per_chunk_and_calibration_prior_once_per_principle():
@@ -224,13 +250,13 @@ def test_kill_mid_label_then_resume_matches_unbroken_run(tmp_path, tiny_llama):
             "model.dtype=float32", "chunk_size=2", "--show", "0"]
     unbroken = run_cai(args + ["--out", "a"], tmp_path)
     assert unbroken.returncode == 0, unbroken.stderr
-    done = kill_after_shards(args + ["--out", "b"], tmp_path, tmp_path / "b/labels/shards",
+    done = kill_after_shards(args + ["--out", "b"], tmp_path, tmp_path / "b/label/shards",
                              at_least=2)
-    assert not (tmp_path / "b/labels/output.jsonl").exists() and 2 <= done < 24
+    assert not (tmp_path / "b/label/output.jsonl").exists() and 2 <= done < 24
     resumed = run_cai(args + ["--out", "b"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    a = (tmp_path / "a/labels/output.jsonl").read_text()
-    assert a == (tmp_path / "b/labels/output.jsonl").read_text() and a.count("\n") == 48
+    a = (tmp_path / "a/label/output.jsonl").read_text()
+    assert a == (tmp_path / "b/label/output.jsonl").read_text() and a.count("\n") == 48
     labels = [json.loads(x)["label"] for x in a.splitlines()]
     assert all(0.0 <= x <= 1.0 for x in labels) and len(set(labels)) > 1
 
@@ -293,6 +319,13 @@ def test_feedback_accuracy_methods_on_both_formats(tmp_path):
     assert set(res["methods"]) == {"plain", "debiased"} and \
         res["methods"]["plain"]["n"] == 40
     assert (tmp_path / "fa/debiased.jsonl").read_text().count("\n") == 40
+    # `config`: the label config exactly as the overrides give it (K=3, answers first)
+    r = run_cai(["eval", "feedback-accuracy", "--data", "hh.jsonl", "--dry-run", "--methods",
+                 "config", "--out", "fa2", "principles=3", "layout=answers_first"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = read_output(tmp_path / "fa2/config.jsonl")
+    assert len(rows) == 40 and all(len(x["votes"]) == 3 * 2 for x in rows)
+    assert rows[0]["method"] == "plain K=3 debiased answers first"
     bad = run_cai(["eval", "feedback-accuracy", "--data", "hh.jsonl", "--dry-run",
                    "--methods", "vibes"], tmp_path)
     assert bad.returncode == 2 and "unknown method 'vibes'" in bad.stderr

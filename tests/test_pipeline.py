@@ -31,7 +31,7 @@ label: {{principles: 2, chunk_size: 4}}
 pm: {{model: {{name: {tiny}}}, precision: fp32, epochs: 1, batch_size: 4, eval_fraction: 0.25}}
 rl:
   method: {method}
-  ppo: {{prompts: red.jsonl, steps: 4, batch_size: 4, mini_batch_size: 2, max_new_tokens: 8,
+  ppo: {{prompts: red.jsonl, steps: 4, batch_size: 4, mini_batch_size: 2, max_tokens: 8,
         precision: fp32, eval_every: 2, save_every: 1}}
   dpo: {{precision: fp32, batch_size: 4, max_length: 96}}
 eval: {{limit: 3, bootstrap: 50, benchmarks: [bundled:mc_sample], chunk_size: 4,
@@ -41,7 +41,7 @@ eval: {{limit: 3, bootstrap: 50, benchmarks: [bundled:mc_sample], chunk_size: 4,
 
 
 ARTIFACTS = ["critique/output.jsonl", "helpful/output.jsonl", "sl_model/model/config.json",
-             "pairs/output.jsonl", "labels/output.jsonl", "pm/model/config.json",
+             "pairs/output.jsonl", "label/output.jsonl", "pm/model/config.json",
              "rl/model/config.json"]
 
 
@@ -51,7 +51,7 @@ def test_cai_run_every_stage_then_reuses_them(tmp_path, tiny_llama):
     assert r.returncode == 0, r.stderr
     for a in ARTIFACTS:
         assert (tmp_path / "run" / a).is_file(), a
-    for stage in ("critique", "helpful", "sl_model", "pairs", "labels", "pm", "rl"):
+    for stage in ("critique", "helpful", "sl_model", "pairs", "label", "pm", "rl"):
         m = json.loads((tmp_path / "run" / stage / "manifest.json").read_text())
         assert m["status"] == "complete", stage
     rl = json.loads((tmp_path / "run/rl/manifest.json").read_text())
@@ -94,7 +94,7 @@ def test_from_and_until_and_bad_stage(tmp_path, tiny_llama):
     # one switch: GRPO with the preference model as reward replaces the DPO result
     r = run_cai(args + ["--out", "run", "--from", "pm", "rl.method=grpo",
                         "rl.grpo.max_steps=1", "rl.grpo.precision=fp32",
-                        "rl.grpo.max_completion_length=6", "rl.grpo.batch_size=4"], tmp_path)
+                        "rl.grpo.max_tokens=6", "rl.grpo.batch_size=4"], tmp_path)
     assert r.returncode == 0, r.stderr
     hist = json.loads((tmp_path / "run/rl/log_history.json").read_text())
     assert any(k.startswith("reward") for h in hist for k in h)
@@ -102,7 +102,7 @@ def test_from_and_until_and_bad_stage(tmp_path, tiny_llama):
         == "grpo"
     r = run_cai(args + ["--out", "run", "--from", "rl", "rl.method=rloo",
                         "rl.rloo.max_steps=1", "rl.rloo.precision=fp32",
-                        "rl.rloo.max_completion_length=6", "rl.rloo.batch_size=4"], tmp_path)
+                        "rl.rloo.max_tokens=6", "rl.rloo.batch_size=4"], tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "run/rl/manifest.json").read_text())
     assert m["config"]["method"] == "rloo" and m["config"]["beta"] == 0.05
@@ -129,7 +129,7 @@ def test_kill_cai_run_during_rl_and_restart_matches_unbroken(tmp_path, tiny_llam
     r = run_cai(args + ["--out", "b"], tmp_path)
     assert r.returncode == 0, r.stderr
     assert "resuming after iteration" in r.stderr, r.stderr[-3000:]
-    for f in ("pairs/output.jsonl", "labels/output.jsonl", "rl/log.jsonl", "rl/eval.jsonl"):
+    for f in ("pairs/output.jsonl", "label/output.jsonl", "rl/log.jsonl", "rl/eval.jsonl"):
         assert (tmp_path / "a" / f).read_text() == (tmp_path / "b" / f).read_text(), f
 
 

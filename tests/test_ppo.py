@@ -65,7 +65,7 @@ def toy_trainer(path, lr, **kw):
     from constitutional.train.ppo import PPOConfig, PPOTrainer
 
     torch.manual_seed(0)
-    cfg = PPOConfig(learning_rate=lr, batch_size=16, mini_batch_size=8, max_new_tokens=12,
+    cfg = PPOConfig(learning_rate=lr, batch_size=16, mini_batch_size=8, max_tokens=12,
                     precision="fp32", **kw)
     tok = AutoTokenizer.from_pretrained(path)
     tok.pad_token = tok.pad_token or tok.eos_token
@@ -142,7 +142,7 @@ def test_grpo_and_rloo_with_a_reward_function_run_and_save_a_model(tmp_path, tin
         return [t.count("e") / max(1, len(t)) for t in texts]
 
     cfg = GRPOTrainConfig(model={"name": str(tiny_llama)}, prompts=str(tmp_path / "p.jsonl"),
-                          num_generations=4, batch_size=8, max_completion_length=8,
+                          num_generations=4, batch_size=8, max_tokens=8,
                           max_steps=2, precision="fp32", learning_rate=1e-3)
     result = run_grpo(cfg, tmp_path / "run", log=lambda m: None, reward_fn=reward,
                       method=method)
@@ -159,7 +159,8 @@ def test_tensorboard_without_the_package_is_a_clear_error(tmp_path, monkeypatch)
     import builtins
 
     from constitutional.errors import InputError
-    from constitutional.train.ppo import PPOConfig, _tensorboard
+    from constitutional.train.ppo import PPOConfig
+    from constitutional.train.ppo_run import _tensorboard
 
     assert _tensorboard(PPOConfig(), tmp_path)({"step": 1, "reward": 1.0}, "train") is None
     real_import = builtins.__import__

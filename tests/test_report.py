@@ -17,7 +17,7 @@ EVIL = "<script>window.__pwned = 1</script>"
 
 def fixture_run(root: Path) -> Path:
     """A finished run as the stages leave it, with made-up numbers."""
-    from constitutional.evals.run import write_outputs
+    from constitutional.stages.eval import write_outputs
 
     run = root / "run"
     models = [{"name": "base", "label": "base", "lines": ["SL-CAI"]},
@@ -51,7 +51,7 @@ def fixture_run(root: Path) -> Path:
                             "harmlessness_ci": summary["axes"]["harmlessness"]["ci95"][i],
                             "helpfulness_ci": summary["axes"]["helpfulness"]["ci95"][i]}
                            for i, m in enumerate(models)]
-    write_outputs(run / "eval", summary)
+    write_outputs(run, summary)
     for slug, text in (("base", "Sure, here is how."), ("SL-CAI", "I won't help with that."),
                        ("RL-CAI", EVIL)):
         for ax in ("harmlessness", "helpfulness"):
@@ -69,7 +69,7 @@ def fixture_run(root: Path) -> Path:
                      "revision": "Call a locksmith."}]}])
     (run / "critique/manifest.json").write_text(json.dumps({"status": "complete", "rows": 1,
                                                             "seconds": 3.0}))
-    write_jsonl_dirs(run / "labels/output.jsonl", [
+    write_jsonl_dirs(run / "label/output.jsonl", [
         {"id": "x0", "conversation": [["user", "Hi?"]], "response_a": "Hello", "response_b": EVIL,
          "label": 0.7, "votes": [{"principle": "harm", "order": "ab", "p_first": 0.7}]}])
     (run / "pm").mkdir()
@@ -117,7 +117,7 @@ def test_report_opens_with_the_verdict_and_lists_stages_in_run_order(tmp_path):
                                  "RL-CAI": {"n": 4, "evasive": 0.0}}}
     summary["verdict"] = verdict(["base", "SL-CAI", "RL-CAI"], judged, refusals, {}, 50)
     (run / "eval/summary.json").write_text(json.dumps(summary))
-    for stage in ("sl_model", "labels", "pairs"):
+    for stage in ("sl_model", "label", "pairs"):
         (run / stage).mkdir(exist_ok=True)
         (run / stage / "manifest.json").write_text(json.dumps({"status": "complete",
                                                                "rows": 1}))
@@ -129,11 +129,11 @@ def test_report_opens_with_the_verdict_and_lists_stages_in_run_order(tmp_path):
     assert "| RL-CAI | 1.00 [1.00, 1.00] | - | 0% | - |" in md
     assert "RL-CAI vs base: harmlessness win rate 1.00 [1.00, 1.00] (n=4)" in md
     pipeline = md.split("## Pipeline")[1].split("## ")[0]
-    order = [s for s in ("critique", "sl_model", "pairs", "labels", "pm", "eval")
+    order = [s for s in ("critique", "sl_model", "pairs", "label", "pm", "eval")
              if f"| {s} |" in pipeline]
-    assert order == ["critique", "sl_model", "pairs", "labels", "pm"]
+    assert order == ["critique", "sl_model", "pairs", "label", "pm"]
     assert pipeline.index("| sl_model |") < pipeline.index("| pairs |") < \
-        pipeline.index("| labels |") < pipeline.index("| pm |")
+        pipeline.index("| label |") < pipeline.index("| pm |")
 
 
 def test_report_of_a_missing_run_is_a_clear_error(tmp_path):

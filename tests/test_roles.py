@@ -13,7 +13,7 @@ from constitutional.backends.fake import FakeBackend, last_user_text
 from constitutional.config import build_config, load_config
 from constitutional.evals.verdict import lines, refusal_rates, verdict, win_rates
 from constitutional.stages.critique import CritiqueConfig, run_critique
-from constitutional.stages.pipeline import RecipeConfig, run_recipe
+from constitutional.stages.pipeline import RecipeConfig
 from constitutional.train.sft_data import revision_examples
 from conftest import write_jsonl
 

@@ -254,15 +254,15 @@ selfalign:
     loads = re.findall(r"Loaded (\S+) \(fake\)", r.stderr)
     assert len(loads) == len(set(loads)) == 3, loads       # base, engraved, verbose: once each
     run = tmp_path / "run"
-    for f in ("engraved/model/config.json", "verbose_model/model/config.json",
-              "verbose_answers/output.jsonl", "selfalign_samples/engraved/output.jsonl",
-              "selfalign_samples/verbose_model/output.jsonl", "report.html"):
+    for f in ("engrave/model/config.json", "verbose/model/config.json",
+              "verbose_answers/output.jsonl", "selfalign_samples/engrave/output.jsonl",
+              "selfalign_samples/verbose/output.jsonl", "report.html"):
         assert (run / f).is_file(), f
-    train = read_output(run / "engraved/train.jsonl")
+    train = read_output(run / "engrave/train.jsonl")
     assert train and all(t["prompt"][0]["role"] == "user" and len(t["prompt"]) == 1
                          for t in train)
     assert not any("Rule 3" in json.dumps(t) or "Watson" in json.dumps(t) for t in train)
-    vtrain = read_output(run / "verbose_model/train.jsonl")
+    vtrain = read_output(run / "verbose/train.jsonl")
     assert vtrain and not any("thorough" in json.dumps(t["prompt"]) for t in vtrain)
     md = (run / "report.md").read_text()
     assert "## SELF-ALIGN" in md and "| helpful |" in md and "| candor |" in md
@@ -324,7 +324,7 @@ eval: {{limit: 4, compare: anchor, judge_principles: 1, evasiveness: false,
         .startswith("WRITER")
     verbose = read_output(run / "verbose_answers/output.jsonl")
     assert verbose and all("from the writer" in v["completion"] for v in verbose)
-    engraved = json.loads((run / "engraved/manifest.json").read_text())
+    engraved = json.loads((run / "engrave/manifest.json").read_text())
     assert str(tiny_llama) in json.dumps(engraved["config"]["model"])   # the policy, engraved
     instructions = read_output(run / "instructions/output.jsonl")
     assert not any("writer" in i["instruction"] for i in instructions)  # the policy wrote them

@@ -126,7 +126,7 @@ def test_http_generation_equals_in_process(server, tiny_llama, monkeypatch):
 def test_labels_over_http_agree_with_in_process(server, tiny_llama, monkeypatch):
     from constitutional.comparisons import Comparison
     from constitutional.constitution import load_constitution
-    from constitutional.stages.label import LabelConfig, Labeler
+    from constitutional.labeling import LabelConfig, Labeler
 
     _, c = load_constitution("bundled:harmless")
     labeler = Labeler(LabelConfig(principles=3, debias=True), c)

@@ -65,6 +65,15 @@ class StageDir:
     def output(self) -> Path:
         return self.path / OUTPUT
 
+    @property
+    def model(self) -> Path:
+        """A training stage's final model: a Hugging Face folder that appears by rename."""
+        return self.path / "model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
     def manifest(self) -> dict[str, Any] | None:
         try:
             return json.loads((self.path / MANIFEST).read_text())
@@ -74,14 +83,28 @@ class StageDir:
     def write_manifest(self, data: dict[str, Any]) -> None:
         write_json_atomic(self.path / MANIFEST, data)
 
-    def is_complete(self, fingerprint: str) -> bool:
+    def is_complete(self, fingerprint: str, result: Path | None = None) -> bool:
+        """Finished with this fingerprint, and its result (default output.jsonl) is there."""
         m = self.manifest()
         return bool(m and m.get("status") == "complete" and m.get("fingerprint") == fingerprint
-                     and self.output.is_file())
+                     and (result or self.output).exists())
+
+    def reuse_or_reset(self, fingerprint: str, log: Callable[[str], None],
+                       result: Path | None = None) -> dict[str, Any] | None:
+        """The one resume rule of every step (data, training, PPO, SELF-ALIGN's rounds): the
+        manifest if the step finished with this fingerprint (reuse it); otherwise None, after
+        clearing a folder another config or other inputs left. A folder the same fingerprint
+        left unfinished is kept, so the step continues from its shards or checkpoints."""
+        if self.is_complete(fingerprint, result):
+            return self.manifest()
+        old = self.manifest()
+        if old and old.get("fingerprint") != fingerprint:
+            log(f"{self.name}: config or inputs changed since the last run; recomputing")
+            self.reset()
+        return None
 
     def reset(self) -> None:
-        shutil.rmtree(self.shards, ignore_errors=True)
-        self.output.unlink(missing_ok=True)
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def run_sharded(stage: StageDir, *, config: dict[str, Any], inputs: dict[str, str],
@@ -92,13 +115,10 @@ def run_sharded(stage: StageDir, *, config: dict[str, Any], inputs: dict[str, st
     """Run `process` over fixed chunks of `items`, one atomic shard per chunk; resumable."""
     fingerprint = sha256_json({"stage": stage.name, "config": config, "inputs": inputs,
                                "items": len(items), "chunk_size": chunk_size})
-    if stage.is_complete(fingerprint):
-        m = stage.manifest() or {}
-        return StageResult(stage.name, stage.output, m.get("rows", 0), 0.0, skipped=True)
+    done = stage.reuse_or_reset(fingerprint, log)
+    if done:
+        return StageResult(stage.name, stage.output, done.get("rows", 0), 0.0, skipped=True)
     old = stage.manifest()
-    if old and old.get("fingerprint") != fingerprint:
-        log(f"{stage.name}: config or inputs changed since the last run; recomputing")
-        stage.reset()
     stage.shards.mkdir(parents=True, exist_ok=True)
     manifest = {"stage": stage.name, "status": "running", "fingerprint": fingerprint,
                 "config": config, "inputs": inputs, "items": len(items),

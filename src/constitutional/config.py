@@ -24,21 +24,53 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
+# A field marked with this changes how a stage runs, not what it produces (batch sizes, shard
+# sizes, logging), or names an input the stage fingerprints by content (a file it reads by
+# hash, a model folder by its weights' hash). `results_config` leaves such fields out, so a
+# stage resumes after you lower a batch size or move the run folder.
+NOT_RESULTS = {"affects_results": False}
+
+
+def results_config(cfg: BaseModel) -> dict[str, Any]:
+    """The config as a stage's fingerprint sees it: every field but those marked NOT_RESULTS,
+    at any depth (JSON types)."""
+    data = cfg.model_dump(mode="json")
+    _strip(cfg, data)
+    return data
+
+
+def _strip(cfg: BaseModel, data: dict[str, Any]) -> None:
+    for name, info in type(cfg).model_fields.items():
+        if isinstance(info.json_schema_extra, dict) and \
+                info.json_schema_extra.get("affects_results") is False:
+            data.pop(name, None)
+            continue
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel):
+            _strip(value, data[name])
+        elif isinstance(value, list):
+            for v, d in zip(value, data[name]):
+                if isinstance(v, BaseModel):
+                    _strip(v, d)
+
+
 class ServerConfig(StrictModel):
     """For backend `openai` (any OpenAI-compatible server: vLLM, llama.cpp, TGI, SGLang,
     `cai serve`) and `vllm` (in process)."""
     base_urls: list[str] = Field(default_factory=list, description="Server base URLs, e.g. "
-                                 "http://node1:8000/v1; requests are spread over them.")
+                                 "http://node1:8000/v1; requests are spread over them.",
+                                 json_schema_extra=NOT_RESULTS)
     api_key_env: str | None = Field(None, description="Name of the environment variable "
                                     "holding the API key (the key itself is never in a "
                                     "config, a log or an artifact).")
     endpoint: Literal["chat", "completions"] = Field(
         "chat", description="Chat prompts go to /v1/chat/completions; raw-text prompts and "
         "choice scoring always use /v1/completions.")
-    concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
-    timeout_s: float = Field(300.0, gt=0)
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once.",
+                             json_schema_extra=NOT_RESULTS)
+    timeout_s: float = Field(300.0, gt=0, json_schema_extra=NOT_RESULTS)
     retries: int = Field(4, ge=0, description="Retries on 429, 5xx and timeouts, with "
-                         "exponential backoff.")
+                         "exponential backoff.", json_schema_extra=NOT_RESULTS)
     top_logprobs: int = Field(20, ge=2, description="Top-k next-token log-probabilities asked "
                               "for when scoring choices (servers cap it, often at 20).")
     tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs per model.")
@@ -58,9 +90,12 @@ class ModelConfig(StrictModel):
         "auto", description="Weights and compute dtype. `auto`: bfloat16 where the CPU has bf16 "
         "matrix units or on GPU, else float32.")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:1`, ...")
-    batch_size: int = Field(128, ge=1, description="Sequences decoded together (128 is fastest on a 2-core CPU for a 135M model; lower it for big models).")
+    batch_size: int = Field(128, ge=1, description="Sequences decoded together (128 is "
+                            "fastest on a 2-core CPU for a 135M model; lower it for big "
+                            "models).", json_schema_extra=NOT_RESULTS)
     score_batch_tokens: int = Field(1536, ge=64, description="Token budget of one choice-"
-                                    "scoring forward pass (rows x length).")
+                                    "scoring forward pass (rows x length).",
+                                    json_schema_extra=NOT_RESULTS)
     trust_remote_code: bool = Field(False, description="Run code shipped with a hub model. "
                                     "Off unless you trust its source.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
@@ -87,9 +122,12 @@ class GenerateConfig(StrictModel):
                          "`messages`) field, or bundled:redteam / bundled:helpful.")
     system_prompt: str | None = Field(None, description="System message put before each "
                                       "prompt (None: the chat template's default).")
-    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
-    chunk_size: int = Field(128, ge=1, description="Rows per resumable shard.")
-    log_calls: bool = Field(True, description="Log every model call to calls.jsonl.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.",
+                              json_schema_extra=NOT_RESULTS)    # the rows count is hashed
+    chunk_size: int = Field(128, ge=1, description="Rows per resumable shard.",
+                            json_schema_extra=NOT_RESULTS)
+    log_calls: bool = Field(True, description="Log every model call to calls.jsonl.",
+                            json_schema_extra=NOT_RESULTS)
 
 
 # ---------------------------------------------------------------------------------------
@@ -141,6 +179,11 @@ def _check_keys(cls: type[BaseModel], data: Any, prefix: str, source: str | None
     fields = cls.model_fields
     for key, value in data.items():
         path = f"{prefix}{key}"
+        renamed = getattr(cls, "RENAMED", {}).get(key)
+        if key not in fields and renamed:
+            line = yaml_line(source, tuple(path.split("."))) if source else None
+            raise InputError(f"renamed: use '{prefix}{renamed}' (one name in every trainer)",
+                             path=source, line=line, field=path)
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else \

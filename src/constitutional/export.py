@@ -15,10 +15,11 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from constitutional.artifacts import MANIFEST, StageDir, package_versions, read_output
+from constitutional.artifacts import MANIFEST, package_versions, read_output
 from constitutional.constitution import load_constitution
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file, write_atomic, write_json_atomic, write_jsonl_atomic
+from constitutional.rundir import RunDir
 
 
 def sft_row(r: dict) -> dict:
@@ -43,12 +44,13 @@ def pair_row(r: dict) -> dict:
 def export_revisions(run_dir: str | Path, out_dir: str | Path | None = None,
                      include_flagged: bool = False, parquet: bool = True) -> dict:
     """Write sft.jsonl, pairs.jsonl (and .parquet) and README.md; return the counts."""
-    stage = StageDir(run_dir, "critique")
+    run = RunDir.of(run_dir)
+    stage = run.critique
     manifest = stage.manifest()
     if not manifest or manifest.get("status") != "complete":
         raise InputError("no finished critique stage here (run `cai critique` first)",
                          path=str(stage.path))
-    out = Path(out_dir) if out_dir else Path(run_dir) / "export"
+    out = Path(out_dir) if out_dir else run.export
     out.mkdir(parents=True, exist_ok=True)
     rows = read_output(stage.output)
     kept = [r for r in rows if r["ok"] or include_flagged]

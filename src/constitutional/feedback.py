@@ -30,6 +30,7 @@ from typing import Literal, Sequence
 from constitutional.constitution import ChoiceExemplar
 
 Format = Literal["chat", "text"]
+Layout = Literal["principle_first", "answers_first"]
 LETTERS = ("A", "B")
 COT_CUE = "Let's think step by step:"
 ANSWER_CUE = "The answer is:"
@@ -49,10 +50,17 @@ def conversation_text(conversation: Sequence[tuple[str, str]]) -> str:
     return "\n\n".join(f"{names[r]}: {t}" for r, t in conversation if r in names)
 
 
-def question_text(q: Question, cot: bool = False) -> str:
-    return (f"Consider the following conversation between a human and an assistant:\n"
-            f"{conversation_text(q.conversation)}\n{q.principle}\nOptions:\n"
-            f"(A) {q.first}\n(B) {q.second}\n" + (COT_CUE if cot else ANSWER_CUE))
+def question_text(q: Question, cot: bool = False, layout: Layout = "principle_first") -> str:
+    """The question. `principle_first` is the paper's order (conversation, principle, options);
+    `answers_first` puts the principle after the options, so the questions of one pair under
+    K principles share the conversation and both answers as a prefix (computed once)."""
+    head = ("Consider the following conversation between a human and an assistant:\n"
+            f"{conversation_text(q.conversation)}\n")
+    options = f"Options:\n(A) {q.first}\n(B) {q.second}\n"
+    cue = COT_CUE if cot else ANSWER_CUE
+    if layout == "answers_first":
+        return f"{head}{options}{q.principle}\n{cue}"
+    return f"{head}{q.principle}\n{options}{cue}"
 
 
 def answer_text(letter: str, reasoning: str | None = None) -> str:
@@ -68,20 +76,23 @@ def exemplar_question(ex: ChoiceExemplar, principle: str) -> tuple[Question, str
 
 
 def build_prompt(q: Question, shots: Sequence[ChoiceExemplar], fmt: Format,
-                 cot: bool = False, system_prompt: str | None = None):
+                 cot: bool = False, system_prompt: str | None = None,
+                 layout: Layout = "principle_first"):
     """The prompt the answer continues: a chat whose last turn is the question, or raw text."""
     turns: list[tuple[str, str]] = []
     for ex in shots:
         eq, letter = exemplar_question(ex, q.principle)
-        turns.append((question_text(eq, cot), answer_text(letter, ex.reasoning if cot else None)))
+        turns.append((question_text(eq, cot, layout),
+                      answer_text(letter, ex.reasoning if cot else None)))
     if fmt == "chat":
         msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
         for text, ans in turns:
             msgs += [{"role": "user", "content": text},
                      {"role": "assistant", "content": ans.strip()}]
-        return msgs + [{"role": "user", "content": question_text(q, cot)}]
+        return msgs + [{"role": "user", "content": question_text(q, cot, layout)}]
     head = f"{system_prompt}\n\n" if system_prompt else ""
-    return head + "".join(f"{text}{ans}\n\n" for text, ans in turns) + question_text(q, cot)
+    return head + "".join(f"{text}{ans}\n\n" for text, ans in turns) + \
+        question_text(q, cot, layout)
 
 
 def option_texts(fmt: Format, reasoning: str | None = None) -> list[str]:

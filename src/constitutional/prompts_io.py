@@ -33,6 +33,13 @@ class PromptRow:
         return self.messages[-1]["content"]
 
 
+def conversation(row: PromptRow, system_prompt: str | None) -> list[dict[str, str]]:
+    """The row's conversation, with the system prompt first unless the row brings its own."""
+    if system_prompt and row.messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}] + row.messages
+    return row.messages
+
+
 def resolve_prompts_path(spec: str) -> Path:
     return bundled_data_path(spec, BUNDLED, "prompt set")
 

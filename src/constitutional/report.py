@@ -19,6 +19,7 @@ from pathlib import Path
 from constitutional.artifacts import MANIFEST, read_output
 from constitutional.errors import InputError
 from constitutional.jsonio import write_atomic
+from constitutional.rundir import FOLDER_ORDER, RunDir
 
 
 class Doc:
@@ -75,15 +76,15 @@ def ci(pair, digits: int = 0) -> str:
     return f"[{pair[0]:.{digits}f}, {pair[1]:.{digits}f}]" if pair else "-"
 
 
-def write_report(run_dir: str | Path, samples: int = 4) -> tuple[Path, Path]:
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise InputError("no such run folder", path=str(run))
+def write_report(run_dir: str | Path | RunDir, samples: int = 4) -> tuple[Path, Path]:
+    run = RunDir.of(run_dir)
+    if not run.root.is_dir():
+        raise InputError("no such run folder", path=str(run.root))
     doc = Doc()
-    doc.heading(f"Constitutional AI run: {run.resolve().name}", 1)
+    doc.heading(f"Constitutional AI run: {run.root.resolve().name}", 1)
     doc.para(f"Run folder {run}; report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} "
              "UTC by `cai report`.")
-    summary = _json(run / "eval" / "summary.json")
+    summary = _json(run.eval_summary)
     if summary and summary.get("verdict"):
         verdict_section(doc, summary)
     pipeline_section(doc, run)
@@ -99,10 +100,10 @@ def write_report(run_dir: str | Path, samples: int = 4) -> tuple[Path, Path]:
         samples_section(doc, run, summary, samples)
     selfalign_section(doc, run, samples)
     provenance_section(doc, run, samples)
-    md, page = "\n".join(doc.md) + "\n", render_html(run.resolve().name, doc.html)
-    write_atomic(run / "report.md", md)
-    write_atomic(run / "report.html", page)
-    return run / "report.md", run / "report.html"
+    md, page = "\n".join(doc.md) + "\n", render_html(run.root.resolve().name, doc.html)
+    write_atomic(run.report_md, md)
+    write_atomic(run.report_html, page)
+    return run.report_md, run.report_html
 
 
 def _json(path: Path) -> dict | None:
@@ -114,15 +115,10 @@ def _json(path: Path) -> dict | None:
 
 # -- sections ----------------------------------------------------------------------------
 
-# The run folder's stages in the order a recipe runs them; anything else after, by name.
-STAGE_ORDER = ["critique", "helpful", "export", "sl_model", "sl_answers", "pairs", "labels",
-               "pm", "rl", "eval", "self_instruct", "redteam", "self_align", "engrave",
-               "verbose"]
-
-
 def _stage_rank(rel: Path) -> tuple:
+    """The run folder's stages in the order a recipe runs them; anything else after, by name."""
     top = rel.parts[0] if rel.parts else ""
-    return (STAGE_ORDER.index(top) if top in STAGE_ORDER else len(STAGE_ORDER), str(rel))
+    return (FOLDER_ORDER.index(top) if top in FOLDER_ORDER else len(FOLDER_ORDER), str(rel))
 
 
 def verdict_section(doc: Doc, s: dict) -> None:
@@ -148,11 +144,11 @@ def verdict_section(doc: Doc, s: dict) -> None:
         doc.para(line)
 
 
-def pipeline_section(doc: Doc, run: Path) -> None:
+def pipeline_section(doc: Doc, run: RunDir) -> None:
     rows = []
-    for m in sorted(run.rglob(MANIFEST), key=lambda m: _stage_rank(m.parent.relative_to(run))):
-        data = _json(m) or {}
-        rel = m.parent.relative_to(run)
+    for folder in sorted(run.stage_folders(), key=lambda f: _stage_rank(f.relative_to(run.root))):
+        data = _json(folder / MANIFEST) or {}
+        rel = folder.relative_to(run.root)
         if rel.parts and rel.parts[0] == "eval" and len(rel.parts) > 2:
             continue                        # per-model eval stages: summarized below
         rows.append([str(rel), data.get("status", "?"),
@@ -163,16 +159,17 @@ def pipeline_section(doc: Doc, run: Path) -> None:
         doc.table(["stage", "status", "rows / steps", "seconds"], rows)
 
 
-def frontier_section(doc: Doc, run: Path, s: dict) -> None:
+def frontier_section(doc: Doc, run: RunDir, s: dict) -> None:
     doc.heading("Helpfulness and harmlessness")
-    if (run / "eval" / "frontier.png").is_file():
-        doc.image(run / "eval" / "frontier.png", "eval/frontier.png",
+    if run.eval_file("frontier.png").is_file():
+        doc.image(run.eval_file("frontier.png"), run.relative(run.eval_file("frontier.png")),
                   "Helpfulness Elo against harmlessness Elo, one point per model", "frontier")
     axes = s.get("axes", {})
     anchor = s["models"][0]["label"] if s.get("models") else "the first model"
     doc.para(f"Elo from a Bradley-Terry fit of the judge's pairwise soft labels (both orders), "
              f"relative to {anchor}; 95% bootstrap intervals over prompts. Data: "
-             "eval/frontier.csv, eval/summary.json.")
+             f"{run.relative(run.eval_file('frontier.csv'))}, "
+             f"{run.relative(run.eval_summary)}.")
     rows = []
     for i, m in enumerate(s.get("models", [])):
         row = [m["label"]]
@@ -194,13 +191,13 @@ def frontier_section(doc: Doc, run: Path, s: dict) -> None:
                                        for i, name in enumerate(a["models"])])
 
 
-def ablation_section(doc: Doc, run: Path, s: dict) -> None:
+def ablation_section(doc: Doc, run: RunDir, s: dict) -> None:
     curves = s.get("ablation")
     if not curves:
         return
     doc.heading("Critique ablation")
-    if (run / "eval" / "ablation.png").is_file():
-        doc.image(run / "eval" / "ablation.png", "eval/ablation.png",
+    if run.eval_file("ablation.png").is_file():
+        doc.image(run.eval_file("ablation.png"), run.relative(run.eval_file("ablation.png")),
                   "Preference-model score of revisions by round, with and without critique",
                   "ablation")
     rows = [[mode, p["round"], p["n"], fmt(p["mean"]), ci(p["ci95"], 3)]
@@ -208,7 +205,7 @@ def ablation_section(doc: Doc, run: Path, s: dict) -> None:
     doc.table(["mode", "round", "chains", "mean PM score", "95% CI"], rows)
 
 
-def evasiveness_section(doc: Doc, run: Path, s: dict) -> None:
+def evasiveness_section(doc: Doc, run: RunDir, s: dict) -> None:
     ev = s.get("evasiveness")
     if not ev:
         return
@@ -221,7 +218,7 @@ def evasiveness_section(doc: Doc, run: Path, s: dict) -> None:
               [[t, e["n"], fmt(e.get("judge_evasive"), 2), fmt(e.get("mean_p_evasive"), 2),
                 fmt(e.get("lexical_evasive"), 2), fmt(e.get("refusal_phrase"), 2)]
                for t, e in ev.items() if e.get("n")])
-    path = run / "eval" / "evasiveness" / "output.jsonl"
+    path = run.eval_evasiveness.output
     if path.is_file():
         rows = sorted(read_output(path), key=lambda r: -r["p_evasive"])[:3]
         for r in rows:
@@ -230,9 +227,9 @@ def evasiveness_section(doc: Doc, run: Path, s: dict) -> None:
                         [("Prompt", r["prompt"]), ("Answer", r["answer"] or "(empty)")])
 
 
-def accuracy_section(doc: Doc, run: Path, s: dict | None) -> None:
+def accuracy_section(doc: Doc, run: RunDir, s: dict | None) -> None:
     rows = []
-    pm = _json(run / "pm" / "manifest.json")
+    pm = run.pm.manifest()
     for e in (pm or {}).get("eval", []):
         rows.append(["preference model", f"held-out AI-labelled pairs (epoch {e['epoch']:.0f})",
                      fmt(e["accuracy"]), "-"])
@@ -244,7 +241,7 @@ def accuracy_section(doc: Doc, run: Path, s: dict | None) -> None:
         a = s["feedback_accuracy"]
         rows.append([f"feedback model ({a['method']})", f"human-labelled pairs ({a['n']})",
                      fmt(a["accuracy"]), ci(a["ci95"], 3)])
-    fa = _json(run / "feedback_accuracy" / "results.json")
+    fa = _json(run.feedback_accuracy / "results.json")
     for name, a in ((fa or {}).get("methods") or {}).items():
         rows.append([f"feedback model ({name})", f"human-labelled pairs ({a['n']})",
                      fmt(a["accuracy"]), ci(a["ci95"], 3)])
@@ -253,8 +250,8 @@ def accuracy_section(doc: Doc, run: Path, s: dict | None) -> None:
         doc.table(["judge of pairs", "on", "accuracy", "95% CI"], rows)
 
 
-def rl_section(doc: Doc, run: Path) -> None:
-    path = run / "rl" / "eval.jsonl"
+def rl_section(doc: Doc, run: RunDir) -> None:
+    path = run.rl.path / "eval.jsonl"
     if not path.is_file():
         return
     doc.heading("RL progress")
@@ -273,14 +270,12 @@ def benchmark_section(doc: Doc, s: dict) -> None:
                "chance"], rows)
 
 
-def samples_section(doc: Doc, run: Path, s: dict, n: int) -> None:
-    from constitutional.evals.run import slug
-
+def samples_section(doc: Doc, run: RunDir, s: dict, n: int) -> None:
     models = [m["label"] for m in s.get("models", [])]
     for axis in s.get("axes", {}):
         answers = []
         for t in models:
-            p = run / "eval" / "answers" / slug(t) / axis / "output.jsonl"
+            p = run.eval_answers(t, axis).output
             answers.append({r["id"]: r for r in read_output(p)} if p.is_file() else {})
         ids = [pid for pid in answers[0] if all(pid in a for a in answers)][:n]
         if not ids:
@@ -291,10 +286,10 @@ def samples_section(doc: Doc, run: Path, s: dict, n: int) -> None:
                    for pid in ids], "samples")
 
 
-def selfalign_section(doc: Doc, run: Path, n: int) -> None:
+def selfalign_section(doc: Doc, run: RunDir, n: int) -> None:
     from constitutional.selfalign.principled import drop_counts, principle_stats
 
-    path = run / "self_align" / "output.jsonl"
+    path = run.self_align.output
     if not path.is_file():
         return
     rows = read_output(path)
@@ -306,9 +301,9 @@ def selfalign_section(doc: Doc, run: Path, n: int) -> None:
               [[src, sum(r["source"] == src for r in rows),
                 sum(r["source"] == src and r["ok"] for r in rows)] for src in sources])
     filters = []
-    for stage, key in (("self_instruct", "counts"), ("instructions", "redteam_counts")):
-        counts = (_json(run / stage / MANIFEST) or {}).get(key) or {}
-        filters += [[stage if stage == "self_instruct" else "redteam", reason, c]
+    for stage, key in ((run.self_instruct, "counts"), (run.instructions, "redteam_counts")):
+        counts = (stage.manifest() or {}).get(key) or {}
+        filters += [[stage.name if key == "counts" else "redteam", reason, c]
                     for reason, c in sorted(counts.items())]
     filters += [["self_align answers", reason, c]
                 for reason, c in sorted(drop_counts(rows).items())]
@@ -319,8 +314,8 @@ def selfalign_section(doc: Doc, run: Path, n: int) -> None:
     doc.table(["principle", *[f"{s} (of {stats['answers'][s]})" for s in sources]],
               [[name, *[stats["invoked"][s].get(name, 0) for s in sources]]
                for name in stats["order"]])
-    answers = {tag: {r["id"]: r for r in read_output(p)} for tag in ("engraved", "verbose_model")
-               if (p := run / "selfalign_samples" / tag / "output.jsonl").is_file()}
+    answers = {tag: {r["id"]: r for r in read_output(p)} for tag in ("engrave", "verbose")
+               if (p := run.selfalign_samples(tag).output).is_file()}
     held = [r for r in rows if any(r["id"] in a for a in answers.values())][:n]
     if held:
         doc.heading("Before and after: held-out instructions", 3)
@@ -336,9 +331,9 @@ def selfalign_section(doc: Doc, run: Path, n: int) -> None:
             doc.details(f"{r['id']}: {r['instruction'][:80]}{note}", blocks)
 
 
-def provenance_section(doc: Doc, run: Path, n: int) -> None:
-    crit = run / "critique" / "output.jsonl"
-    labels = run / "labels" / "output.jsonl"
+def provenance_section(doc: Doc, run: RunDir, n: int) -> None:
+    crit = run.critique.output
+    labels = run.labels.output
     if not (crit.is_file() or labels.is_file()):
         return
     doc.heading("Where the training data came from")

@@ -99,98 +99,39 @@ def create_app(backend, model_name: str, token: str | None = None, max_tokens: i
                max_request_bytes: int = 1_000_000, batch_window_s: float = 0.02,
                max_logprobs: int = 20):
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import StreamingResponse
 
     app = FastAPI(title="constitutional", docs_url=None, redoc_url=None)
     app.state.batcher = Batcher(backend, batch_window_s)
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}},
-                            status_code=status)
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if token and request.headers.get("authorization") != f"Bearer {token}":
-            return error(401, "missing or wrong bearer token")
-        size = request.headers.get("content-length")
-        if size and int(size) > max_request_bytes:
-            return error(413, f"request larger than {max_request_bytes} bytes")
-        return await call_next(request)
-
-    @app.get("/v1/stats")
-    async def stats():
-        return {"batches": app.state.batcher.batches}
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model",
-                                            "owned_by": "constitutional"}]}
-
-    async def parse(request: Request) -> dict:
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise _Bad("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise _Bad("the body must be a JSON object")
-        return body
-
-    def sampling(body: dict, default_max: int = 256) -> Sampling:
-        n_max = body.get("max_tokens", body.get("max_completion_tokens", default_max))
-        if not isinstance(n_max, int) or n_max < 0 or n_max > max_tokens:
-            raise _Bad(f"max_tokens must be an integer from 0 to {max_tokens}")
-        stop = body.get("stop") or ()
-        stop = (stop,) if isinstance(stop, str) else tuple(stop)
-        return Sampling(n=int(body.get("n", 1)), temperature=float(body.get("temperature", 1.0)),
-                        top_p=float(body.get("top_p", 1.0)), max_tokens=max(1, n_max),
-                        stop=stop, seed=int(body.get("seed", 0) or 0))
-
-    @app.exception_handler(_Bad)
-    async def bad(_request, exc: _Bad):
-        return error(400, str(exc))
+    _add_guards(app, token, max_request_bytes, model_name)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body = await parse(request)
+        body = await _parse(request)
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(
                 isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs):
             raise _Bad("`messages` must be a non-empty list of {role, content}")
-        s = sampling(body)
+        s = _sampling(body, max_tokens)
         outs = await app.state.batcher.generate(
             [{"role": m.get("role", "user"), "content": m["content"]} for m in msgs], s)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.get("stream"):
             return StreamingResponse(_chat_stream(outs, rid, created, model_name),
                                      media_type="text/event-stream")
-        return {"id": rid, "object": "chat.completion", "created": created,
-                "model": model_name, "usage": _usage(outs),
-                "choices": [{"index": i, "finish_reason": o.finish_reason,
-                             "message": {"role": "assistant", "content": o.text}}
-                            for i, o in enumerate(outs)]}
+        return _chat_body(outs, rid, created, model_name)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await parse(request)
+        body = await _parse(request)
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt:
             raise _Bad("`prompt` must be a non-empty string")
-        s = sampling(body)
-        k = body.get("logprobs")
+        s = _sampling(body, max_tokens)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if body.get("echo") and body.get("max_tokens") == 0:
-            tokens, lps, offsets = await asyncio.to_thread(prompt_logprobs, backend, prompt)
-            choice = {"index": 0, "text": prompt, "finish_reason": "length",
-                      "logprobs": {"tokens": tokens, "token_logprobs": lps,
-                                   "text_offset": offsets, "top_logprobs": None}}
-            return {"id": rid, "object": "text_completion", "created": created,
-                    "model": model_name, "choices": [choice]}
-        if isinstance(k, int) and k > 0 and s.max_tokens == 1 and s.temperature == 0:
-            top = await asyncio.to_thread(next_token_logprobs, backend, prompt,
-                                          min(k, max_logprobs))
-            choice = {"index": 0, "text": top[0][0], "finish_reason": "length",
-                      "logprobs": {"tokens": [top[0][0]], "token_logprobs": [top[0][1]],
-                                   "top_logprobs": [dict(top)], "text_offset": [len(prompt)]}}
+        choice = await _scored_choice(backend, body, prompt, s, max_logprobs)
+        if choice is not None:
             return {"id": rid, "object": "text_completion", "created": created,
                     "model": model_name, "choices": [choice]}
         outs = await app.state.batcher.generate(prompt, s)
@@ -204,6 +145,90 @@ def create_app(backend, model_name: str, token: str | None = None, max_tokens: i
 
 class _Bad(Exception):
     """A request the server refuses with 400 and this message."""
+
+
+def _error(status: int, message: str):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}},
+                        status_code=status)
+
+
+def _add_guards(app, token: str | None, max_request_bytes: int, model_name: str) -> None:
+    """The bearer token and size checks on every request, the 400 for a bad request, and
+    the two informational routes."""
+    from fastapi import Request
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if token and request.headers.get("authorization") != f"Bearer {token}":
+            return _error(401, "missing or wrong bearer token")
+        size = request.headers.get("content-length")
+        if size and int(size) > max_request_bytes:
+            return _error(413, f"request larger than {max_request_bytes} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(_Bad)
+    async def bad(_request, exc: _Bad):
+        return _error(400, str(exc))
+
+    @app.get("/v1/stats")
+    async def stats():
+        return {"batches": app.state.batcher.batches}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model",
+                                            "owned_by": "constitutional"}]}
+
+
+def _chat_body(outs, rid: str, created: int, model_name: str) -> dict:
+    return {"id": rid, "object": "chat.completion", "created": created, "model": model_name,
+            "usage": _usage(outs),
+            "choices": [{"index": i, "finish_reason": o.finish_reason,
+                         "message": {"role": "assistant", "content": o.text}}
+                        for i, o in enumerate(outs)]}
+
+
+async def _parse(request) -> dict:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise _Bad("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _Bad("the body must be a JSON object")
+    return body
+
+
+def _sampling(body: dict, max_tokens: int, default_max: int = 256) -> Sampling:
+    n_max = body.get("max_tokens", body.get("max_completion_tokens", default_max))
+    if not isinstance(n_max, int) or n_max < 0 or n_max > max_tokens:
+        raise _Bad(f"max_tokens must be an integer from 0 to {max_tokens}")
+    stop = body.get("stop") or ()
+    stop = (stop,) if isinstance(stop, str) else tuple(stop)
+    return Sampling(n=int(body.get("n", 1)), temperature=float(body.get("temperature", 1.0)),
+                    top_p=float(body.get("top_p", 1.0)), max_tokens=max(1, n_max),
+                    stop=stop, seed=int(body.get("seed", 0) or 0))
+
+
+async def _scored_choice(backend, body: dict, prompt: str, s: Sampling,
+                         max_logprobs: int) -> dict | None:
+    """The two scoring requests a client makes instead of generating: the prompt's own
+    log-probabilities (`echo` with 0 new tokens), or the top next-token log-probabilities
+    (one greedy token with `logprobs`). None for an ordinary completion."""
+    k = body.get("logprobs")
+    if body.get("echo") and body.get("max_tokens") == 0:
+        tokens, lps, offsets = await asyncio.to_thread(prompt_logprobs, backend, prompt)
+        return {"index": 0, "text": prompt, "finish_reason": "length",
+                "logprobs": {"tokens": tokens, "token_logprobs": lps,
+                             "text_offset": offsets, "top_logprobs": None}}
+    if isinstance(k, int) and k > 0 and s.max_tokens == 1 and s.temperature == 0:
+        top = await asyncio.to_thread(next_token_logprobs, backend, prompt,
+                                      min(k, max_logprobs))
+        return {"index": 0, "text": top[0][0], "finish_reason": "length",
+                "logprobs": {"tokens": [top[0][0]], "token_logprobs": [top[0][1]],
+                             "top_logprobs": [dict(top)], "text_offset": [len(prompt)]}}
+    return None
 
 
 def _usage(outs) -> dict:

@@ -187,9 +187,12 @@ class TransformersBackend:
         g = 0
         while g < len(order):
             first = rows[order[g]].tokens
+            # A group shares a good part of its first row, not merely a common head (a
+            # template's first tokens would otherwise make the whole batch one group whose
+            # prefix is too short to pay, and no question would share its conversation).
+            need = max(MIN_SHARED_PREFIX, MIN_SHARED_FRACTION * len(first))
             end = g + 1
-            while end < len(order) and \
-                    _lcp(first, rows[order[end]].tokens) >= MIN_SHARED_PREFIX:
+            while end < len(order) and _lcp(first, rows[order[end]].tokens) >= need:
                 end += 1
             group = order[g:end]
             g = end

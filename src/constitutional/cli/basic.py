@@ -9,7 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from constitutional.cli.common import app, backend_loader, check_model, log, out, start_run
+from constitutional.cli.common import (app, backend_loader, check_model, log, out, shortcuts,
+                                       start_run)
+from constitutional.config import GenerateConfig
 
 
 @app.command("models")
@@ -37,32 +39,24 @@ def models_cmd(prepare: bool = typer.Option(False, "--prepare", help="Convert ev
 
 
 @app.command("generate")
+@shortcuts(GenerateConfig, {"--prompts, -p": "prompts", "--model, -m": "model.name",
+                            "--n": "sampling.n", "--max-tokens": "sampling.max_tokens",
+                            "--temperature": "sampling.temperature",
+                            "--batch-size": "model.batch_size", "--limit": "limit",
+                            "--seed": "sampling.seed"})
 def generate_cmd(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder to write (resumable)."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", "-p", help="JSONL file with a "
-                                          "`prompt` field, or bundled:redteam|helpful."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Built-in name, folder "
-                                        "or hub id."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
-    n: Optional[int] = typer.Option(None, "--n", help="Samples per prompt."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="New tokens cap."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="0 = greedy."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Decode batch."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="First N prompts only."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Use the scripted fake backend."),
     show: int = typer.Option(3, "--show", help="Print this many answers at the end."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides, "
                                                     "e.g. sampling.top_p=0.9"),
+    given: dict = None,
 ):
     """Answer prompts with a model; writes OUT/generate/output.jsonl (resumable)."""
-    from constitutional.config import GenerateConfig, load_config
+    from constitutional.config import load_config
 
-    base = {k: v for k, v in {
-        "prompts": prompts, "model.name": model, "sampling.n": n,
-        "sampling.max_tokens": max_tokens, "sampling.temperature": temperature,
-        "model.batch_size": batch_size, "limit": limit, "sampling.seed": seed,
-        "model.backend": "fake" if dry_run else None}.items() if v is not None}
+    base = given | ({"model.backend": "fake"} if dry_run else {})
     cfg = load_config(GenerateConfig, config, overrides, base)
     from constitutional.prompts_io import load_prompts
     load_prompts(cfg.prompts, cfg.limit)          # validate before any model is loaded

@@ -56,21 +56,84 @@ def check_model(model_cfg) -> None:
 def start_run(out_dir: Path, cfg, name: str = "config.yaml") -> None:
     from constitutional.config import dump_config
     from constitutional.jsonio import write_atomic
+    from constitutional.rundir import RunDir
     from constitutional.train.distributed import is_main_process
 
     if is_main_process():               # under `accelerate launch`, one writer
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / name, dump_config(cfg))
+        write_atomic(RunDir(out_dir).config_file(name), dump_config(cfg))
 
 
 def backend_loader(cfg, run_dir: Path):
     """Load the configured backend (once), logging every call to run_dir/calls.jsonl."""
     from constitutional.backends import load_backend
     from constitutional.calllog import LoggedBackend
+    from constitutional.rundir import RunDir
 
     t0 = time.time()
     backend = load_backend(cfg.model, log=log)
     log(f"Loaded {cfg.model.name} ({cfg.model.backend}) in {time.time() - t0:.1f}s")
-    return LoggedBackend(backend, run_dir / "calls.jsonl") if cfg.log_calls else backend
+    return LoggedBackend(backend, RunDir.of(run_dir).calls) if cfg.log_calls else backend
 
 
+
+
+def field_path(cls, path: str) -> list:
+    """The pydantic FieldInfos along a dotted field path of a config class."""
+    import typing
+
+    infos = []
+    for part in path.split("."):
+        info = cls.model_fields[part]
+        infos.append(info)
+        args = [a for a in typing.get_args(info.annotation) if a is not type(None)]
+        cls = args[0] if args and isinstance(args[0], type) else info.annotation
+    return infos
+
+
+def field_help(infos: list) -> str:
+    """A nested field's help: its section's description, then its own (`judge.name`: "The
+    model that compares answers ... Built-in model name ...")."""
+    parts = [i.description for i in infos[-2:] if i.description]
+    return " ".join(p if p.endswith(".") else p + "." for p in parts)
+
+
+def _flag_type(annotation):
+    """The click type of a field: bool, int, float, or str (pydantic validates the rest)."""
+    import typing
+
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return args[0] if args[0] in (bool, int, float) else str
+
+
+def shortcuts(cls, table: dict[str, str]):
+    """Add one option per `"--flag[/-f]": "dotted.field"` of `cls` to a command, typed and
+    helped by the field itself (its description is the help: one place for it). The command
+    receives `given`: {dotted field: value} for the flags the user passed, to lay over the
+    config file like `key=value` overrides."""
+    import functools
+    import inspect
+    from typing import Optional
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        params = [p for p in sig.parameters.values() if p.name != "given"]
+        names = {}
+        for flag, path in table.items():
+            infos = field_path(cls, path)
+            name = "flag_" + path.replace(".", "__")
+            names[name] = path
+            decls = [d.strip() for d in flag.split(",")]
+            params.append(inspect.Parameter(
+                name, inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(None, *decls, help=field_help(infos)),
+                annotation=Optional[_flag_type(infos[-1].annotation)]))
+
+        @functools.wraps(fn)
+        def command(**kw):
+            given = {names[n]: kw.pop(n) for n in list(kw) if n in names}
+            return fn(**kw, given={k: v for k, v in given.items() if v is not None})
+
+        command.__signature__ = sig.replace(parameters=params)
+        return command
+    return decorate

@@ -1,4 +1,5 @@
-"""`cai eval compare`, `cai eval mc` and `cai report`: evaluations and the report."""
+"""`cai eval compare`, `cai eval mc`, `cai eval feedback-accuracy` and `cai report`: the
+evaluations and the report."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from constitutional.cli.common import app, backend_loader, check_model, flags, log, out, start_run
-from constitutional.cli.feedback import eval_app
+from constitutional.cli.common import (app, backend_loader, check_model, flags, log, out,
+                                       shortcuts, start_run)
+from constitutional.stages.eval import EvalConfig
+
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluations.")
+app.add_typer(eval_app, name="eval")
 
 OVERRIDES = typer.Argument(None, help="key.path=value overrides of the eval config")
 
 
 @eval_app.command("compare")
+@shortcuts(EvalConfig, {"--judge, -j": "judge.name", "--limit": "limit"})
 def compare_cmd(
     models: Optional[List[str]] = typer.Option(None, "--models", help="Models to compare "
                                                "(the first is the Elo anchor); `--models A B "
@@ -23,28 +29,26 @@ def compare_cmd(
                                                "overrides of the eval config."),
     prompts: Optional[str] = typer.Option(None, "--prompts", "-p", help="Prompts (JSONL); "
                                           "default: our held-out set for the axis."),
-    judge: Optional[str] = typer.Option(None, "--judge", "-j", help="The judge model."),
     axis: Optional[List[str]] = typer.Option(None, "--axis", help="harmlessness and/or "
                                              "helpfulness (default: both)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="First N prompts per axis."),
     out_dir: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="A run folder: "
                                  "answers, judgements, summary.json and plots go to OUT/eval."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Eval config YAML."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Fake backend everywhere."),
+    given: dict = None,
 ):
     """Every model answers every prompt; the judge compares answers pairwise (both orders);
     Bradley-Terry Elo with bootstrap intervals and the win-rate matrix."""
     from constitutional.config import load_config
     from constitutional.errors import InputError
-    from constitutional.evals.run import EvalConfig, EvalModel, run_eval
+    from constitutional.stages.eval import EvalModel, run_eval
 
     extra = [x for x in (more or []) if "=" not in x]
     overrides = [x for x in (more or []) if "=" in x]
     names = (models or []) + extra
     fake = "fake" if dry_run else None
     cfg = load_config(EvalConfig, config, overrides,
-                      flags(judge__name=judge, judge__backend=fake, limit=limit,
-                            answer_model__backend=fake))
+                      given | flags(judge__backend=fake, answer_model__backend=fake))
     if names:
         cfg.models = [EvalModel(name=n) for n in names]
     if not cfg.models or len(cfg.models) < 2:
@@ -143,3 +147,66 @@ def report_cmd(
 
     md, page = write_report(run, samples)
     out.print(f"report -> {page} (and {md.name})", highlight=False)
+
+
+@eval_app.command("feedback-accuracy")
+def feedback_accuracy_cmd(
+    data: Path = typer.Option(..., "--data", "-d", help="Human-labelled pairs (HHH: prompt/"
+                              "better/worse; HH: chosen/rejected)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The feedback model."),
+    methods: str = typer.Option("plain,ensemble,debiased,ensemble+debiased", "--methods",
+                                help="Comma list of: plain, ensemble, debiased, "
+                                "ensemble+debiased, cot, config (the label config as given, "
+                                "e.g. principles=4 layout=answers_first)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N pairs only."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results.json "
+                                           "and the labelled rows of each method here."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Label config YAML "
+                                          "(format, few-shot, calibration, constitution)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Use the scripted fake backend."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides of "
+                                                    "the label config"),
+):
+    """Accuracy of AI feedback against human labels, method by method, with 95% intervals."""
+    from constitutional.backends import load_backend
+    from constitutional.comparisons import load_comparisons
+    from constitutional.config import load_config
+    from constitutional.constitution import load_constitution
+    from constitutional.errors import InputError
+    from constitutional.evals.feedback_accuracy import METHODS, evaluate
+    from constitutional.jsonio import write_json_atomic
+    from constitutional.labeling import LabelConfig
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if bad or not names:
+        raise InputError(f"unknown method {bad[0] if bad else '(none)'!r}; choose from "
+                         f"{', '.join(METHODS)}", field="--methods")
+    cfg = load_config(LabelConfig, config, overrides,
+                      flags(model__name=model, model__backend="fake" if dry_run else None))
+    pairs, _ = load_comparisons(data)
+    pairs = [p for p in pairs if p.better is not None][:limit]
+    if not pairs:
+        raise InputError("no human-labelled pairs (need better/worse or chosen/rejected)",
+                         path=str(data))
+    cpath, constitution = load_constitution(cfg.constitution)
+    constitution.require("choice", str(cpath))
+    check_model(cfg.model)
+    backend = load_backend(cfg.model, log=log)
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    results = evaluate(backend, pairs, cfg, constitution, names, log, out_dir)
+    table = Table("method", "pairs", "accuracy", "95% CI", "orders disagree", "picks (A)",
+                  "ECE", "pairs/s")
+    for name, r in results.items():
+        dis = r["order_disagreement"]
+        table.add_row(name, str(r["n"]), f"{r['accuracy']:.3f}",
+                      f"{r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}",
+                      "-" if dis is None else f"{dis:.1%}", f"{r['picks_A']:.1%}",
+                      f"{r['ece']:.3f}", f"{r['pairs_per_s']:.1f}" if r["pairs_per_s"] else "-")
+    out.print(table)
+    if out_dir:
+        write_json_atomic(out_dir / "results.json",
+                          {"data": str(data), "model": cfg.model.name, "methods": results,
+                           "config": cfg.model_dump(mode="json")})
+        out.print(f"results -> {out_dir / 'results.json'}", highlight=False)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from constitutional.cli.common import app, backend_loader, check_model, flags, log, out, start_run
+from constitutional.cli.common import app, backend_loader, check_model, log, out, start_run
+from constitutional.rundir import RunDir
 
 OVERRIDES = typer.Argument(None, help="key.path=value overrides, e.g. rl.ppo.steps=4")
 
 
-@app.command("run")
+def _help() -> str:
+    from constitutional.stages.registry import STAGES
+
+    return ("Run a recipe's stages in order, each resumable, in one run folder. Stages: "
+            f"{', '.join(STAGES)} (what each does: `cai stages`).")
+
+
+@app.command("run", help=_help())
 def run_cmd(
     config: Path = typer.Argument(..., help="Recipe YAML, e.g. configs/quickstart.yaml."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default: "
@@ -28,31 +35,21 @@ def run_cmd(
                                  "and labeling stage (training still runs)."),
     overrides: Optional[List[str]] = OVERRIDES,
 ):
-    """Run a recipe: sl-cai -> pairs -> label -> pm -> rl -> eval -> report, each stage
-    resumable."""
     from constitutional.config import load_config
-    from constitutional.stages.pipeline import RecipeConfig, run_recipe, select
+    from constitutional.stages.pipeline import fake_models, recipe_class, run_recipe, select
     from constitutional.stages.sl_cai import set_model
 
-    fake = "fake" if dry_run else None
-    cfg = load_config(RecipeConfig, config, overrides,
-                      flags(critique__model__backend=fake, pairs__model__backend=fake,
-                            label__model__backend=fake, eval__judge__backend=fake,
-                            eval__answer_model__backend=fake,
-                            selfalign__model__backend=fake))
+    cfg = load_config(recipe_class(), config, overrides, {})
     if model:
         set_model(cfg, model)
-    for writer in (cfg.critique.critic, cfg.selfalign.feedback):
-        if dry_run and writer is not None:
-            writer.backend = "fake"
+    if dry_run:
+        fake_models(cfg)
     select(cfg.stages, start, until)
     from constitutional.cli.sl_cai import _check_inputs
+    from constitutional.stages.pipeline import models_used
+
     _check_inputs(cfg.critique)
-    for m in (cfg.sft.model, cfg.label.model, cfg.pm.model) + \
-            ((cfg.critique.critic,) if cfg.critique.critic else ()) + \
-            ((cfg.selfalign.feedback,) if cfg.selfalign.feedback and "self-align" in
-             cfg.stages else ()) + \
-            ((cfg.eval.judge,) if "eval" in cfg.stages else ()):
+    for m in models_used(cfg):
         check_model(m)
     out_dir = out_dir or Path("runs") / config.stem
     start_run(out_dir, cfg, "recipe.yaml")
@@ -61,15 +58,19 @@ def run_cmd(
         return backend_loader(cfg.critique.model_copy(update={"model": model_cfg}), out_dir)
 
     results = run_recipe(cfg, out_dir, load, log, start, until)
-    stage_summaries({r.name: r for r in results}, out_dir, cfg.show)
+    print_results(results, out_dir, cfg.show)
+
+
+def print_results(results: list, out_dir: Path, show: int) -> None:
+    """The stages' own summaries, the table of stages, and the verdict last."""
+    stage_summaries({r.name: r for r in results}, out_dir, show)
     table = Table("stage", "rows", "time", "output")
     for r in results:
         table.add_row(r.name, str(r.rows), "reused" if r.skipped else f"{r.seconds:.1f}s",
                       str(r.output))
     out.print(table)
-    rl = out_dir / "rl" / "manifest.json"
-    if any(r.name == "rl" for r in results) and rl.is_file():
-        m = json.loads(rl.read_text())
+    m = RunDir(out_dir).rl.manifest()
+    if any(r.name == "rl" for r in results) and m:
         if "reward_before" in m:
             out.print(f"RL (PPO): preference-model reward on {m['eval_prompts']} held-out "
                       f"prompts {m['reward_before']:.3f} -> {m['reward_after']:.3f}, KL to the "
@@ -81,7 +82,7 @@ def run_cmd(
         print_summary(by_name["eval"].output)
     if "report" in by_name:
         out.print(f"report -> {by_name['report'].output} (open it in a browser; "
-                  f"{out_dir / 'report.md'} beside it)", highlight=False)
+                  f"{RunDir(out_dir).report_md} beside it)", highlight=False)
     if "eval" in by_name:
         from constitutional.cli.eval_cmd import print_verdict
         print_verdict(by_name["eval"].output)
@@ -98,7 +99,17 @@ def stage_summaries(by_name: dict, out_dir: Path, show: int) -> None:
     if show and "labels" in by_name:
         label_summary(by_name["labels"], show)
     if "pm" in by_name:
-        m = json.loads((out_dir / "pm" / "manifest.json").read_text())
+        m = RunDir(out_dir).pm.manifest() or {}
         evals = ", ".join(f"epoch {e['epoch']:.0f}: {e['accuracy']:.3f}" for e in m["eval"])
         out.print(f"preference model: held-out accuracy {evals or '-'} "
                   f"({m['rows']} pairs)", highlight=False)
+
+
+@app.command("stages")
+def stages_cmd():
+    """The stages a recipe can name, in registry order, with what each does."""
+    from constitutional.stages.registry import describe
+
+    for line in describe().splitlines():
+        name, _, text = line.partition(": ")
+        out.print(f"[bold]{name}[/bold]  {text}")

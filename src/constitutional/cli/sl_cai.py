@@ -10,42 +10,38 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from constitutional.cli.common import app, backend_loader, check_model, flags, log, out, start_run
+from constitutional.cli.common import (app, backend_loader, check_model, flags, log, out,
+                                       shortcuts, start_run)
+from constitutional.stages.critique import CritiqueConfig
+from constitutional.stages.sl_cai import SLCAIConfig
+from constitutional.train.sft import SFTTrainConfig
 
 OVERRIDES = typer.Argument(None, help="key.path=value overrides, e.g. sampling.top_p=0.9")
 
 
 @app.command("critique")
+@shortcuts(CritiqueConfig, {"--constitution": "constitution", "--prompts, -p": "prompts",
+                            "--model, -m": "model.name", "--rounds": "rounds",
+                            "--samples": "samples", "--max-tokens": "sampling.max_tokens",
+                            "--temperature": "sampling.temperature", "--few-shot": "few_shot",
+                            "--limit": "limit", "--seed": "sampling.seed"})
 def critique_cmd(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder (resumable)."),
-    constitution: Optional[str] = typer.Option(None, "--constitution", help="YAML, JSON or "
-                                               "the CAI paper's prompts folder."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", "-p", help="Red-team JSONL."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="The helpful model."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
-    rounds: Optional[int] = typer.Option(None, "--rounds", help="Critique/revision rounds."),
-    samples: Optional[int] = typer.Option(None, "--samples", help="Chains per prompt."),
     revision_only: bool = typer.Option(False, "--revision-only", help="Skip the critique."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Cap per step."),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
-    few_shot: Optional[int] = typer.Option(None, "--few-shot", help="Exemplars to show."),
     critic: Optional[str] = typer.Option(None, "--critic", help="Model that writes the "
                                          "critiques and revisions (default: --model itself)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="First N prompts only."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Use the scripted fake backend."),
     show: int = typer.Option(2, "--show", help="Print this many chains at the end."),
     overrides: Optional[List[str]] = OVERRIDES,
+    given: dict = None,
 ):
     """Critique -> revision on red-team prompts; writes OUT/critique/output.jsonl."""
     from constitutional.config import load_config
-    from constitutional.stages.critique import CritiqueConfig, run_critique
+    from constitutional.stages.critique import run_critique
 
-    base = flags(constitution=constitution, prompts=prompts, model__name=model, rounds=rounds,
-                 samples=samples, sampling__max_tokens=max_tokens,
-                 sampling__temperature=temperature, few_shot=few_shot, limit=limit,
-                 sampling__seed=seed, mode="revision_only" if revision_only else None,
-                 model__backend="fake" if dry_run else None)
+    base = given | flags(mode="revision_only" if revision_only else None,
+                         model__backend="fake" if dry_run else None)
     if critic:
         base |= {"critic.name": critic} | ({"critic.backend": "fake"} if dry_run else {})
     cfg = load_config(CritiqueConfig, config, overrides, base)
@@ -112,40 +108,35 @@ def export_cmd(
     from constitutional.export import export_revisions
 
     counts = export_revisions(run, out_dir, include_flagged, parquet)
-    where = out_dir or run / "export"
+    from constitutional.rundir import RunDir
+
+    where = out_dir or RunDir(run).export
     out.print(f"exported {counts['exported']} of {counts['rows']} rows to {where} "
               f"(sft.jsonl, pairs.jsonl{', .parquet' if parquet else ''}, README.md)",
               highlight=False)
 
 
 @app.command("train-sft")
+@shortcuts(SFTTrainConfig, {"--revisions": "revisions", "--helpful": "helpful",
+                            "--model, -m": "model.name", "--lora/--full": "lora",
+                            "--epochs": "epochs", "--max-steps": "max_steps",
+                            "--batch-size": "batch_size", "--grad-accum": "grad_accum",
+                            "--lr": "learning_rate"})
 def train_sft_cmd(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder; the model lands in "
                                  "OUT/sl_model/model."),
-    revisions: Optional[str] = typer.Option(None, "--revisions", help="critique output "
-                                            "(default: OUT/critique/output.jsonl)."),
-    helpful: Optional[str] = typer.Option(None, "--helpful", help="generate output on "
-                                          "helpful prompts (the helpfulness mix)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model to fine-tune."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
-    lora: Optional[bool] = typer.Option(None, "--lora/--full", help="LoRA (default) or all "
-                                        "weights."),
-    epochs: Optional[float] = typer.Option(None, "--epochs"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate."),
     overrides: Optional[List[str]] = OVERRIDES,
+    given: dict = None,
 ):
-    """Fine-tune on (prompt, final revision) plus helpful answers: SL-CAI."""
+    """Fine-tune on (prompt, final revision) plus helpful answers: SL-CAI. --revisions
+    defaults to OUT/critique/output.jsonl."""
     from constitutional.config import load_config
-    from constitutional.train.sft import SFTTrainConfig, run_sft
+    from constitutional.rundir import RunDir
+    from constitutional.train.sft import run_sft
 
-    default = out_dir / "critique/output.jsonl"
-    base = flags(revisions=revisions or (str(default) if default.is_file() else None),
-                 helpful=helpful, model__name=model, lora=lora, epochs=epochs,
-                 max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-                 learning_rate=lr)
+    default = RunDir(out_dir).critique.output
+    base = flags(revisions=str(default) if default.is_file() else None) | given
     cfg = load_config(SFTTrainConfig, config, overrides, base)
     check_model(cfg.model)
     start_run(out_dir, cfg, "sft.config.yaml")
@@ -163,24 +154,24 @@ def sft_summary(result) -> None:
 
 
 @app.command("sl-cai")
+@shortcuts(SLCAIConfig, {"--constitution": "critique.constitution",
+                         "--prompts, -p": "critique.prompts"})
 def sl_cai_cmd(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder (resumable)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Recipe, e.g. "
                                           "configs/quickstart.yaml."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Helpful model and the "
                                         "model fine-tuned."),
-    constitution: Optional[str] = typer.Option(None, "--constitution"),
-    prompts: Optional[str] = typer.Option(None, "--prompts", "-p", help="Red-team JSONL."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Fake backend for generation."),
     overrides: Optional[List[str]] = OVERRIDES,
+    given: dict = None,
 ):
     """All of SL-CAI: critique -> revision, helpfulness mix, export, fine-tune, compare."""
     from constitutional.config import load_config
     from constitutional.stages.pipeline import RecipeConfig
     from constitutional.stages.sl_cai import run_sl_cai, set_model
 
-    base = flags(critique__constitution=constitution, critique__prompts=prompts,
-                 critique__model__backend="fake" if dry_run else None)
+    base = given | flags(critique__model__backend="fake" if dry_run else None)
     # A full recipe is accepted too (its RL sections are ignored here): see `cai run`.
     cfg = load_config(RecipeConfig, config, overrides, base)
     if model:

@@ -1,6 +1,7 @@
 """`cai eval feedback-accuracy`: how often AI feedback agrees with human labels.
 
-Each labeling method (plain, ensemble, debiased, ensemble + debiased, chain of thought) labels
+Each labeling method (plain, ensemble, debiased, ensemble + debiased, chain of thought, or
+`config`: the label config exactly as given) labels
 the same human-labelled pairs with the same feedback model, loaded once. Half the pairs (a
 fixed coin per pair) show the human-preferred answer as (A) and half as (B), so a model that
 always says "A" scores 50%, not its position bias. Reported per method: accuracy with a
@@ -17,7 +18,7 @@ from typing import Callable
 
 from constitutional.comparisons import Comparison
 from constitutional.evals.metrics import bootstrap_ci, expected_calibration_error, pick_score
-from constitutional.stages.label import LabelConfig, Labeler, pair_seed_flip
+from constitutional.labeling import LabelConfig, Labeler, pair_seed_flip
 
 # Method name -> how it differs from the base label config.
 METHODS: dict[str, dict] = {
@@ -26,6 +27,7 @@ METHODS: dict[str, dict] = {
     "debiased": {"principles": 1, "debias": True, "cot": False},
     "ensemble+debiased": {"principles": 8, "debias": True, "cot": False},
     "cot": {"principles": 1, "debias": True, "cot": True},
+    "config": {},                 # the label config as given (--config, key=value overrides)
 }
 
 

@@ -6,10 +6,10 @@
     instructions/      both sets screened together (filters, ROUGE-L dedup), counts by reason
     self_align/        the principle-driven answers (the base model's, or the feedback
                        model's when `feedback` is set): thoughts, answer, flags
-    engraved/          principle engraving: fine-tune on (instruction, answer), no principles
+    engrave/           principle engraving: fine-tune on (instruction, answer), no principles
     verbose_answers/   the engraved model (or the feedback model) answers under the verbose
                        prompt
-    verbose_model/     verbose cloning: fine-tune on those answers without the prompt
+    verbose/           verbose cloning: fine-tune on those answers without the prompt
     selfalign_samples/ held-out instructions answered by the engraved and the final model
 
 The base model is loaded once for the generation stages and released before training. With a
@@ -27,17 +27,17 @@ from typing import Callable
 
 from pydantic import Field
 
-from constitutional.artifacts import (OUTPUT, StageDir, StageResult, model_identity,
+from constitutional.artifacts import (StageDir, StageResult, model_identity,
                                       package_versions, read_output, run_model_stage)
 from constitutional.backends import BackendCache
 from constitutional.backends.base import Sampling
-from constitutional.config import ModelConfig, SamplingConfig, StrictModel
+from constitutional.config import ModelConfig, SamplingConfig, StrictModel, results_config
 from constitutional.jsonio import sha256_json, write_jsonl_atomic
+from constitutional.rundir import RunDir
 from constitutional.selfalign import instructions as ins
 from constitutional.selfalign import principled as pr
 from constitutional.train.sft import SFTTrainConfig
 
-STAGES = ["self-instruct", "redteam", "self-align", "engrave", "verbose"]
 
 
 class SelfInstructConfig(StrictModel):
@@ -107,14 +107,12 @@ def run_self_instruct(cfg: SelfAlignConfig, run_dir: Path, get_backend,
 
     si = cfg.self_instruct
     seeds = ins.load_seed_tasks(si.seed_tasks)
-    stage = StageDir(run_dir, "self_instruct")
-    fp = sha256_json({"config": si.model_dump(), "seeds": seeds,
+    stage = RunDir.of(run_dir).self_instruct
+    fp = sha256_json({"config": results_config(si), "seeds": seeds,
                       "model": model_identity(cfg.model.name), "seed": cfg.seed})
-    if stage.is_complete(fp):
-        return StageResult(stage.name, stage.output, stage.manifest()["rows"], 0.0, True)
-    if (stage.manifest() or {}).get("fingerprint") not in (None, fp):
-        log("self_instruct: config or inputs changed since the last run; recomputing")
-        stage.reset()
+    done = stage.reuse_or_reset(fp, log)
+    if done:
+        return StageResult(stage.name, stage.output, done["rows"], 0.0, True)
     stage.shards.mkdir(parents=True, exist_ok=True)
     stage.write_manifest({"stage": stage.name, "status": "running", "fingerprint": fp})
     index, counts, kept = RougeIndex(si.rouge_threshold), {}, []
@@ -175,7 +173,7 @@ def run_redteam(cfg: SelfAlignConfig, run_dir: Path, get_backend,
                 for t, (c,) in zip(chunk, outs)]
 
     res_topics = run_model_stage(
-        StageDir(run_dir, "redteam_topics"), config=rt.model_dump(),
+        RunDir.of(run_dir).redteam_topics, config=results_config(rt),
         inputs={"types": sha256_json(types), "model": model}, items=types,
         chunk_size=cfg.chunk_size, get_backend=get_backend, work=topics, total=len(types),
         unit="types", log=log)
@@ -190,7 +188,7 @@ def run_redteam(cfg: SelfAlignConfig, run_dir: Path, get_backend,
                 for (n, tp), (c,) in zip(chunk, outs)]
 
     res_q = run_model_stage(
-        StageDir(run_dir, "redteam"), config=rt.model_dump(),
+        RunDir.of(run_dir).redteam, config=results_config(rt),
         inputs={"topics": sha256_json(pairs), "model": model}, items=pairs,
         chunk_size=cfg.chunk_size, get_backend=get_backend, work=questions, total=len(pairs),
         unit="instructions", log=log)
@@ -212,8 +210,9 @@ def merge_instructions(cfg: SelfAlignConfig, run_dir: Path) -> StageResult:
     """Self-instruct's kept instructions plus the red-team ones, screened against them."""
     from constitutional.selfalign.dedup import RougeIndex
 
-    si = read_output(run_dir / "self_instruct" / OUTPUT)
-    rt_path = run_dir / "redteam" / OUTPUT
+    run = RunDir.of(run_dir)
+    si = read_output(run.self_instruct.output)
+    rt_path = run.redteam.output
     rt = read_output(rt_path) if rt_path.is_file() else []
     index, counts = RougeIndex(cfg.self_instruct.rouge_threshold), {}
     for row in si:
@@ -224,7 +223,7 @@ def merge_instructions(cfg: SelfAlignConfig, run_dir: Path) -> StageResult:
         if status == "kept":
             rows.append({"id": f"rt-{len(rows):05d}", "instruction": text, "source": "redteam",
                          "type": r["type"], "topic": r["topic"]})
-    stage = StageDir(run_dir, "instructions")
+    stage = run.instructions
     write_jsonl_atomic(stage.output, rows)
     stage.write_manifest({"stage": stage.name, "status": "complete", "rows": len(rows),
                           "self_instruct": len(si), "redteam_kept": counts.get("kept", 0),
@@ -238,7 +237,8 @@ def merge_instructions(cfg: SelfAlignConfig, run_dir: Path) -> StageResult:
 def run_principled(cfg: SelfAlignConfig, run_dir: Path, get_backend,
                    log: Callable[[str], None] = print) -> StageResult:
     sa = _constitution(cfg)
-    rows = read_output(run_dir / "instructions" / OUTPUT)
+    run = RunDir.of(run_dir)
+    rows = read_output(run.instructions.output)
     sampling = Sampling.from_config(cfg.answer_sampling)
     sampling = Sampling(**{**sampling.__dict__, "stop": tuple(sampling.stop) + pr.TURN_STOPS})
     leaks = pr.prompt_ngrams(sa)
@@ -256,8 +256,8 @@ def run_principled(cfg: SelfAlignConfig, run_dir: Path, get_backend,
         return out
 
     return run_model_stage(
-        StageDir(run_dir, "self_align"), config={"sampling": cfg.answer_sampling.model_dump(),
-                                                 "self_align": sa.model_dump()},
+        run.self_align, config={"sampling": results_config(cfg.answer_sampling),
+                                "self_align": results_config(sa)},
         inputs={"instructions": sha256_json(rows),
                 "model": model_identity((cfg.feedback or cfg.model).name)},
         items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend, work=work,
@@ -286,20 +286,19 @@ def verbose_rows(rows: list[dict]) -> list[dict]:
             for r in rows if r["completion"].strip() and r["finish_reason"] != "length"]
 
 
-def run_finetune(name: str, sft: SFTTrainConfig, base: str, rows_fn, inputs: dict,
-                 run_dir: Path, log) -> StageResult:
+def run_finetune(stage: StageDir, sft: SFTTrainConfig, base: str, rows_fn, inputs: dict,
+                 log) -> StageResult:
     from constitutional.train.sft import train
     from constitutional.train.stage import run_training_stage
 
     cfg = sft.model_copy(update={"model": sft.model.model_copy(update={"name": base})})
     return run_training_stage(
-        name, cfg.model_dump(mode="json"), {**inputs, "base": model_identity(base)}, rows_fn,
-        lambda rows, stage, final, lg: train(cfg, rows, stage / "checkpoints", final, lg),
-        run_dir, log)
+        stage, results_config(cfg), {**inputs, "base": model_identity(base)}, rows_fn,
+        lambda rows, st, lg: train(cfg, rows, st.checkpoints, st.model, lg), log)
 
 
-def run_answers(name: str, model_cfg: ModelConfig, rows: list[dict], system: str | None,
-                sampling_cfg: SamplingConfig, run_dir: Path, get_backend, log) -> StageResult:
+def run_answers(stage: StageDir, model_cfg: ModelConfig, rows: list[dict], system: str | None,
+                sampling_cfg: SamplingConfig, get_backend, log) -> StageResult:
     """A model answers instructions as plain chat turns (with an optional system prompt)."""
     sampling = Sampling.from_config(sampling_cfg)
 
@@ -314,7 +313,7 @@ def run_answers(name: str, model_cfg: ModelConfig, rows: list[dict], system: str
                 for r, (c,) in zip(chunk, outs)]
 
     return run_model_stage(
-        StageDir(run_dir, name), config={"sampling": sampling_cfg.model_dump(),
+        stage, config={"sampling": results_config(sampling_cfg),
                                          "system": system},
         inputs={"rows": sha256_json(rows), "model": model_identity(model_cfg.name)},
         items=rows, chunk_size=64, get_backend=get_backend, work=work, total=len(rows),
@@ -325,7 +324,7 @@ def run_self_align_stage(name: str, cfg: SelfAlignConfig, run_dir: Path,
                          backends: BackendCache, log) -> list[StageResult]:
     """One recipe stage of SELF-ALIGN (`cai run` calls these in order with one cache, so the
     base model is loaded once for the three generation stages; training releases it)."""
-    run_dir = Path(run_dir)
+    run_dir = RunDir.of(run_dir)
     base = backends.loader(cfg.model)
 
     if name == "self-instruct":
@@ -334,7 +333,7 @@ def run_self_align_stage(name: str, cfg: SelfAlignConfig, run_dir: Path,
         out = run_redteam(cfg, run_dir, base, log)
         return out + [merge_instructions(cfg, run_dir)]
     if name == "self-align":
-        if not (run_dir / "instructions" / OUTPUT).is_file():
+        if not run_dir.instructions.output.is_file():
             merge_instructions(cfg, run_dir)
         writer = backends.loader(cfg.feedback) if cfg.feedback else base
         return [run_principled(cfg, run_dir, writer, log)]
@@ -346,28 +345,27 @@ def _train_stage(name, cfg, run_dir, backends: BackendCache, log) -> list[StageR
     from constitutional.jsonio import sha256_file
 
     sa = _constitution(cfg)
-    answers = read_output(run_dir / "self_align" / OUTPUT)
+    answers = read_output(run_dir.self_align.output)
     train_rows, held = split_held_out(answers, cfg.held_out)
-    engraved = run_dir / "engraved" / "model"
+    engraved = run_dir.engraved_model
     ecfg = cfg.model.model_copy(update={"name": str(engraved)})
     # loaded once: engraving's samples, then (next stage) the verbose answers
     engraved_backend = backends.loader(ecfg)
 
     if name == "engrave":
-        res = run_finetune("engraved", cfg.engrave, cfg.model.name,
+        res = run_finetune(run_dir.engraved, cfg.engrave, cfg.model.name,
                            lambda: engraving_rows(train_rows),
-                           {"answers": sha256_file(run_dir / "self_align" / OUTPUT)}, run_dir,
-                           log)
-        return [res] + _samples("engraved", ecfg, held, cfg, run_dir, engraved_backend, log)
+                           {"answers": sha256_file(run_dir.self_align.output)}, log)
+        return [res] + _samples("engrave", ecfg, held, cfg, run_dir, engraved_backend, log)
     writer = cfg.feedback or ecfg         # the paper: the engraved model under the prompt
-    gen = run_answers("verbose_answers", writer, train_rows, sa.verbose_prompt,
-                      cfg.verbose_sampling, run_dir, backends.loader(writer), log)
+    gen = run_answers(run_dir.verbose_answers, writer, train_rows, sa.verbose_prompt,
+                      cfg.verbose_sampling, backends.loader(writer), log)
     backends.release(ecfg)
-    res = run_finetune("verbose_model", cfg.verbose, str(engraved),
+    res = run_finetune(run_dir.verbose, cfg.verbose, str(engraved),
                        lambda: verbose_rows(read_output(gen.output)),
-                       {"answers": sha256_file(gen.output)}, run_dir, log)
-    vcfg = cfg.model.model_copy(update={"name": str(run_dir / "verbose_model" / "model")})
-    return [gen, res] + _samples("verbose_model", vcfg, held, cfg, run_dir,
+                       {"answers": sha256_file(gen.output)}, log)
+    vcfg = cfg.model.model_copy(update={"name": str(run_dir.verbose_model)})
+    return [gen, res] + _samples("verbose", vcfg, held, cfg, run_dir,
                                  backends.loader(vcfg), log)
 
 
@@ -376,5 +374,24 @@ def _samples(tag: str, mcfg: ModelConfig, held: list[dict], cfg, run_dir, get_ba
     """The held-out instructions answered by a trained model, without any principles."""
     if not held:
         return []
-    return [run_answers(f"selfalign_samples/{tag}", mcfg, held, None, cfg.answer_sampling,
-                        run_dir, get_backend, log)]
+    return [run_answers(RunDir.of(run_dir).selfalign_samples(tag), mcfg, held, None,
+                        cfg.answer_sampling, get_backend, log)]
+
+
+# -- the recipe stages ------------------------------------------------------------------------
+
+class SelfAlignSection(StrictModel):
+    """The recipe section every SELF-ALIGN stage reads."""
+    selfalign: SelfAlignConfig = Field(default_factory=SelfAlignConfig, description="SELF-ALIGN"
+                                       " (stages self-instruct ... verbose).")
+
+
+def recipe_stage(name: str, doc: str):
+    """`run(cfg, run, models)` of the SELF-ALIGN recipe stage `name`. The stages share one
+    model cache (`models.shared`), so the base model is loaded once for the three that
+    generate."""
+    def run(cfg, run, models) -> list[StageResult]:
+        return run_self_align_stage(name, cfg.selfalign, run, models.shared, run.log)
+
+    run.__doc__ = doc
+    return run

@@ -32,8 +32,10 @@ from typing import Callable, Literal
 from pydantic import Field, model_validator
 
 from constitutional.artifacts import StageDir, StageResult, model_identity, run_model_stage
+from constitutional.rundir import RunDir
 from constitutional.backends.base import Sampling
-from constitutional.config import ModelConfig, SamplingConfig, StrictModel
+from constitutional.config import (NOT_RESULTS, ModelConfig, SamplingConfig, StrictModel,
+                                   results_config)
 from constitutional.constitution import Constitution, draw_principles, load_constitution
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file
@@ -41,7 +43,6 @@ from constitutional.prompts_io import PromptRow, load_prompts
 from constitutional.transcripts import (DEFAULT_STOPS, Turn, clean_reply,
                                         exemplar_turns, from_messages, render)
 
-STAGE = "critique"
 BAD_FLAGS = {"empty", "repeats_request", "copy_of_answer", "copy_of_critique", "repetitive",
              "meta_text", "bare_refusal"}
 # A revision that announces itself: the text after it is the revision.
@@ -70,7 +71,8 @@ class CritiqueConfig(StrictModel):
     constitution: str = Field("bundled:harmless", description="Our YAML, the open recipe's "
                               "JSON, or the CAI paper's prompts folder.")
     prompts: str = Field("bundled:redteam", description="Red-team prompts (JSONL).")
-    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.",
+                              json_schema_extra=NOT_RESULTS)   # the rows count is hashed
     principles: list[str] | None = Field(None, description="Draw only these critique/"
                                          "revision pairs, by name (None: all of them).")
     rounds: int = Field(1, ge=1, description="Critique -> revision rounds (the paper: 1-4).")
@@ -94,8 +96,9 @@ class CritiqueConfig(StrictModel):
                                              "exemplars are not used in this format.")
     copy_threshold: float = Field(0.9, gt=0, le=1, description="Word-level similarity at "
                                   "or above which a revision counts as a copy.")
-    chunk_size: int = Field(32, ge=1, description="Prompts per resumable shard.")
-    log_calls: bool = True
+    chunk_size: int = Field(32, ge=1, description="Prompts per resumable shard.",
+                            json_schema_extra=NOT_RESULTS)
+    log_calls: bool = Field(True, json_schema_extra=NOT_RESULTS)
 
     @model_validator(mode="after")
     def _one_sample_per_call(self):
@@ -121,9 +124,10 @@ class Chain:
 
 
 def run_critique(cfg: CritiqueConfig, run_dir: str | Path, get_backend: Callable[[], object],
-                 log: Callable[[str], None] = print, stage_name: str = STAGE,
+                 log: Callable[[str], None] = print, folder: StageDir | None = None,
                  get_critic: Callable[[], object] | None = None) -> StageResult:
-    """`stage_name` names the folder (the critique ablation runs a revision-only twin);
+    """`folder`: the step's folder (default `critique/`; the critique ablation runs a
+    revision-only twin in the eval's);
     `get_critic` loads `cfg.critic` (required when it is set)."""
     if cfg.critic is not None and get_critic is None:
         raise ValueError("cfg.critic is set: pass get_critic")
@@ -133,10 +137,8 @@ def run_critique(cfg: CritiqueConfig, run_dir: str | Path, get_backend: Callable
     ppath, rows = load_prompts(cfg.prompts, cfg.limit)
     shots = _shots(constitution, cfg)
     steps_per_chain = 1 + cfg.rounds * (2 if cfg.mode == "critique" else 1)
-    stage = StageDir(run_dir, stage_name)
-    batching = {"batch_size", "score_batch_tokens"}
-    stage_cfg = cfg.model_dump(exclude={"model": batching, "critic": batching,
-                                        "chunk_size": True, "log_calls": True, "limit": True})
+    stage = folder or RunDir.of(run_dir).critique
+    stage_cfg = results_config(cfg)
     def work(backend, chunk: list[PromptRow], advance) -> list[dict]:
         critic = get_critic() if cfg.critic is not None else backend
         return critique_chunk(backend, chunk, constitution, shots, cfg, advance, critic)

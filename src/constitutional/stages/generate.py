@@ -10,31 +10,25 @@ from pathlib import Path
 from typing import Callable
 
 from constitutional.artifacts import StageDir, StageResult, model_identity, run_model_stage
+from constitutional.rundir import RunDir
 from constitutional.backends.base import Sampling
-from constitutional.config import GenerateConfig
+from constitutional.config import GenerateConfig, results_config
 from constitutional.jsonio import sha256_file
-from constitutional.prompts_io import PromptRow, load_prompts
+from constitutional.prompts_io import PromptRow, conversation, load_prompts
 
-STAGE = "generate"
-
-
-def conversation(row: PromptRow, system_prompt: str | None) -> list[dict[str, str]]:
-    if system_prompt and row.messages[0]["role"] != "system":
-        return [{"role": "system", "content": system_prompt}] + row.messages
-    return row.messages
 
 
 def run_generate(cfg: GenerateConfig, run_dir: str | Path, get_backend: Callable[[], object],
-                 log: Callable[[str], None] = print, stage_name: str = STAGE) -> StageResult:
+                 log: Callable[[str], None] = print,
+                 folder: StageDir | None = None) -> StageResult:
     """`get_backend` is called only if there is work to do (a finished stage loads no model).
 
-    `stage_name` names the folder, so one run can hold several generate stages (e.g. the
-    helpful answers of SL-CAI)."""
+    `folder` (from the RunDir; default `generate/`) lets one run hold several generate steps
+    (e.g. the helpful answers of SL-CAI)."""
     path, rows = load_prompts(cfg.prompts, cfg.limit)
     sampling = Sampling.from_config(cfg.sampling)
-    stage = StageDir(run_dir, stage_name)
-    stage_cfg = {"model": cfg.model.model_dump(exclude={"batch_size", "score_batch_tokens"}),
-                 "sampling": cfg.sampling.model_dump(), "system_prompt": cfg.system_prompt}
+    stage = folder or RunDir.of(run_dir).generate
+    stage_cfg = results_config(cfg)
 
     def work(backend, chunk: list[PromptRow], advance) -> list[dict]:
         outs = backend.generate([conversation(r, cfg.system_prompt) for r in chunk],

@@ -14,15 +14,16 @@ from typing import Callable
 
 from pydantic import Field, model_validator
 
-from constitutional.artifacts import StageDir, StageResult, model_identity, run_model_stage
+from constitutional.artifacts import StageResult, model_identity, run_model_stage
 from constitutional.backends.base import Sampling
-from constitutional.config import ModelConfig, SamplingConfig, StrictModel
+from constitutional.config import (NOT_RESULTS, ModelConfig, SamplingConfig, StrictModel,
+                                   results_config)
 from constitutional.jsonio import sha256_file
-from constitutional.prompts_io import PromptRow, load_prompts
-from constitutional.stages.generate import conversation
+from constitutional.prompts_io import PromptRow, conversation, load_prompts
+from constitutional.rundir import RunDir
+from constitutional.stages.base import require_sl_model
 from constitutional.transcripts import DEFAULT_STOPS
 
-STAGE = "pairs"
 
 
 class PairsConfig(StrictModel):
@@ -33,12 +34,14 @@ class PairsConfig(StrictModel):
                                                stop=list(DEFAULT_STOPS)),
         description="Decoding; the paper samples the two answers at temperature 1.")
     prompts: str = Field("bundled:redteam", description="Prompts to answer (JSONL).")
-    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.",
+                              json_schema_extra=NOT_RESULTS)   # the rows count is hashed
     system_prompt: str | None = None
     resample: int = Field(2, ge=0, description="Fresh tries for a pair whose two answers "
                           "are identical, before it is flagged.")
-    chunk_size: int = Field(64, ge=1, description="Prompts per resumable shard.")
-    log_calls: bool = True
+    chunk_size: int = Field(64, ge=1, description="Prompts per resumable shard.",
+                            json_schema_extra=NOT_RESULTS)
+    log_calls: bool = Field(True, json_schema_extra=NOT_RESULTS)
 
     @model_validator(mode="after")
     def _two_samples(self):
@@ -54,9 +57,8 @@ def same_answer(a: str, b: str) -> bool:
 def run_pairs(cfg: PairsConfig, run_dir: str | Path, get_backend: Callable[[], object],
               log: Callable[[str], None] = print) -> StageResult:
     path, rows = load_prompts(cfg.prompts, cfg.limit)
-    stage = StageDir(run_dir, STAGE)
-    stage_cfg = cfg.model_dump(exclude={"model": {"batch_size", "score_batch_tokens"},
-                                        "chunk_size": True, "log_calls": True, "limit": True})
+    stage = RunDir.of(run_dir).pairs
+    stage_cfg = results_config(cfg)
     def work(backend, chunk: list[PromptRow], advance) -> list[dict]:
         out = pairs_chunk(backend, chunk, cfg)
         advance(len(chunk))
@@ -94,3 +96,20 @@ def pairs_chunk(backend, chunk: list[PromptRow], cfg: PairsConfig) -> list[dict]
                     "finish_reasons": [a.finish_reason, b.finish_reason], "resampled": t,
                     "flags": flags, "ok": not flags})
     return out
+
+
+# -- the recipe stage ------------------------------------------------------------------------
+
+class Section(StrictModel):
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+
+
+FAKE = ("pairs.model",)
+
+
+def run(cfg, run: RunDir, models) -> list[StageResult]:
+    """The SL-CAI model answers each RL prompt twice (pairs/)."""
+    require_sl_model(run)
+    pairs = cfg.pairs.model_copy(update={"model": cfg.pairs.model.model_copy(
+        update={"name": str(run.sl_model)})})
+    return [run_pairs(pairs, run, lambda: models.load(pairs.model), run.log)]

@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from constitutional.artifacts import StageResult
 from constitutional.config import GenerateConfig, SamplingConfig, StrictModel
+from constitutional.rundir import RunDir
 from constitutional.stages.critique import CritiqueConfig
 from constitutional.train.sft import SFTTrainConfig
 
@@ -70,7 +71,7 @@ def run_sl_cai(cfg: SLCAIConfig, run_dir: str | Path, load_backend: Callable,
 
     from constitutional.backends import BackendCache
 
-    run_dir = Path(run_dir)
+    run_dir = RunDir.of(run_dir)
     backends = BackendCache(load_backend)
 
     critic = backends.loader(cfg.critique.critic) if cfg.critique.critic else None
@@ -84,7 +85,7 @@ def run_sl_cai(cfg: SLCAIConfig, run_dir: str | Path, load_backend: Callable,
             sampling=h.sampling.model_copy(update={"n": h.samples}),
             system_prompt=h.system_prompt, log_calls=cfg.critique.log_calls)
         out["helpful"] = run_generate(helpful, run_dir, backends.loader(helpful.model),
-                                      log, stage_name="helpful")
+                                      log, folder=run_dir.helpful)
     export_revisions(run_dir)
     backends.release()      # free the helpful model before training
     sft = cfg.sft.model_copy(update={"revisions": str(out["critique"].output),
@@ -97,5 +98,17 @@ def run_sl_cai(cfg: SLCAIConfig, run_dir: str | Path, load_backend: Callable,
             sampling=cfg.critique.sampling, prompts=cfg.critique.prompts, limit=cfg.show,
             system_prompt=cfg.critique.system_prompt)
         out["sl_answers"] = run_generate(answers, run_dir, backends.loader(answers.model),
-                                         log, stage_name="sl_answers")
+                                         log, folder=run_dir.sl_answers)
     return out
+
+
+# -- the recipe stage ------------------------------------------------------------------------
+
+Section = SLCAIConfig
+FAKE = ("critique.model", "critique.critic")
+
+
+def run(cfg, run: RunDir, models) -> list[StageResult]:
+    """Critique -> revision, the helpfulness mix, export, SFT -> sl_model/model."""
+    out = run_sl_cai(cfg, run, models.load, run.log)
+    return [out[k] for k in ("critique", "helpful", "sl_model", "sl_answers") if k in out]

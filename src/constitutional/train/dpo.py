@@ -20,57 +20,52 @@ from the LM head run on completion positions only, as in SFT.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 from pydantic import Field
 
-from constitutional.artifacts import StageResult, model_identity
-from constitutional.config import ModelConfig, StrictModel
+from constitutional.artifacts import StageDir, StageResult, model_identity
+from constitutional.config import NOT_RESULTS, results_config
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file
+from constitutional.rundir import RunDir
 from constitutional.train.pm_data import ai_label_examples, revision_pair_examples
-from constitutional.train.sft import LoraSettings, use_bf16
+from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
 from constitutional.train.stage import run_training_stage, train_and_save
 
 STAGE = "rl"
 
 
-class DPOTrainConfig(StrictModel):
-    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy (the "
-                               "SL-CAI model; `cai run` fills it in).")
+class DPOTrainConfig(Schedule, TrainSettings):
+    """DPO from the policy (`model`, the SL-CAI model under `cai run`; the reference is the
+    same model, adapters off)."""
+    DEFAULT_LR: ClassVar[tuple[float, float]] = (5e-5, 5e-7)
+
     pairs: Literal["labels", "revisions", "both"] = Field(
         "labels", description="labels: the AI-labelled pairs (RLAIF); revisions: pairs by "
         "construction from the critique stage (revision chosen, original rejected); both.")
-    labels: str | None = Field(None, description="AI labels (default: RUN/labels/output.jsonl).")
+    labels: str | None = Field(None, description="AI labels (default: RUN/label/output.jsonl).",
+                               json_schema_extra=NOT_RESULTS)     # hashed as an input
     revisions: str | None = Field(None, description="Critique rows for `pairs: revisions` "
-                                  "(default: RUN/critique/output.jsonl).")
+                                  "(default: RUN/critique/output.jsonl).",
+                                  json_schema_extra=NOT_RESULTS)
     soft_labels: Literal["smooth", "drop"] = "smooth"
     min_confidence: float = Field(0.0, ge=0, lt=0.5, description="Leave out pairs with "
                                   "|p - 0.5| below this.")
     beta: float = Field(0.1, gt=0)
-    lora: bool = True
-    lora_settings: LoraSettings = Field(default_factory=LoraSettings)
-    learning_rate: float | None = Field(None, gt=0, description="None: 5e-5 LoRA, 5e-7 full.")
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1
     batch_size: int = Field(4, ge=1, description="Pairs per step over all processes (each "
                             "takes an equal share).")
-    grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16)
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    save_steps: int = Field(50, ge=1)
-    logging_steps: int = Field(5, ge=1)
-    seed: int = 0
 
 
 def pair_sources(cfg: DPOTrainConfig, run_dir: str | Path) -> dict[str, str]:
     """{kind: path} of the pair files this config trains on."""
-    run_dir = Path(run_dir)
+    run = RunDir.of(run_dir)
     out = {}
     if cfg.pairs in ("labels", "both"):
-        out["labels"] = cfg.labels or str(run_dir / "labels" / "output.jsonl")
+        out["labels"] = cfg.labels or str(run.labels.output)
     if cfg.pairs in ("revisions", "both"):
-        out["revisions"] = cfg.revisions or str(run_dir / "critique" / "output.jsonl")
+        out["revisions"] = cfg.revisions or str(run.critique.output)
     return out
 
 
@@ -99,13 +94,14 @@ def run_dpo(cfg: DPOTrainConfig, run_dir: str | Path,
     inputs = {**{k: sha256_file(p) for k, p in sources.items()},
               "policy": model_identity(cfg.model.name)}
 
-    def train(rows, stage: Path, final: Path, lg) -> list[dict]:
-        trainer = make_trainer(cfg, rows, stage / "checkpoints")
-        return train_and_save(trainer, stage / "checkpoints", final, cfg.lora,
+    def train(rows, stage: StageDir, lg) -> list[dict]:
+        trainer = make_trainer(cfg, rows, stage.checkpoints)
+        return train_and_save(trainer, stage.checkpoints, stage.model, cfg.lora,
                               {"stage": STAGE, "kind": "dpo"}, lg)
 
-    return run_training_stage(STAGE, {"method": "dpo", **cfg.model_dump(mode="json")}, inputs,
-                              lambda: build_rows(cfg, sources), train, run_dir, log)
+    return run_training_stage(RunDir.of(run_dir).rl,
+                              {"method": "dpo", **results_config(cfg)}, inputs,
+                              lambda: build_rows(cfg, sources), train, log)
 
 
 def sequence_logps(model, inputs):
@@ -127,11 +123,46 @@ def sequence_logps(model, inputs):
 def make_trainer(cfg: DPOTrainConfig, rows: list[dict], checkpoints: Path):
     import datasets
     import torch
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
 
     from constitutional.train.distributed import per_device_batch, trainer_device_args
+
+    SoftLabelDPOTrainer = _soft_label_dpo_trainer()
+    datasets.disable_progress_bars()
+    bf16 = use_bf16(cfg.precision)
+    model, tok = load_trainable(cfg.model, lora=cfg.lora_settings if cfg.lora else None,
+                                bf16=bf16, seed=cfg.seed)
+    ref = None
+    if not cfg.lora:           # full fine-tuning needs a frozen copy; under LoRA it is free
+        import copy
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+    args = DPOConfig(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=per_device_batch(cfg.batch_size),
+        learning_rate=cfg.lr(), max_length=cfg.max_length, beta=cfg.beta, bf16=bf16,
+        **trainer_device_args(), activation_checkpointing=False, **cfg.trainer_args(),
+        seed=cfg.seed, report_to=[])
+    data = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected",
+                                                           "soft_label")} for r in rows])
+    trainer = SoftLabelDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data,
+                                  processing_class=tok)
+    collate = trainer.data_collator
+
+    def with_soft_labels(examples):
+        out = collate(examples)
+        out["soft_label"] = torch.tensor([e["soft_label"] for e in examples],
+                                         dtype=torch.float32)
+        return out
+    trainer.data_collator = with_soft_labels
+    return trainer
+
+
+def _soft_label_dpo_trainer():
+    """TRL's DPOTrainer with the soft-label DPO loss (`soft_label` travels with each row)."""
+    import torch
+    from trl import DPOTrainer
+
     from constitutional.train.losses import soft_dpo_loss
-    from constitutional.train.sft import load_trainable
 
     class SoftLabelDPOTrainer(DPOTrainer):
         def _set_signature_columns_if_needed(self):
@@ -157,32 +188,4 @@ def make_trainer(cfg: DPOTrainConfig, rows: list[dict], checkpoints: Path):
                 self._metrics[mode]["rewards/accuracies"].append((margin > 0).float().mean().item())
             return (loss, None) if return_outputs else loss
 
-    datasets.disable_progress_bars()
-    bf16 = use_bf16(cfg.precision)
-    model, tok = load_trainable(cfg, bf16)
-    ref = None
-    if not cfg.lora:           # full fine-tuning needs a frozen copy; under LoRA it is free
-        import copy
-        ref = copy.deepcopy(model).eval().requires_grad_(False)
-    args = DPOConfig(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=per_device_batch(cfg.batch_size),
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate or (5e-5 if cfg.lora else 5e-7),
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
-        beta=cfg.beta, bf16=bf16, **trainer_device_args(),
-        activation_checkpointing=False, logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, report_to=[])
-    data = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected",
-                                                           "soft_label")} for r in rows])
-    trainer = SoftLabelDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data,
-                                  processing_class=tok)
-    collate = trainer.data_collator
-
-    def with_soft_labels(examples):
-        out = collate(examples)
-        out["soft_label"] = torch.tensor([e["soft_label"] for e in examples],
-                                         dtype=torch.float32)
-        return out
-    trainer.data_collator = with_soft_labels
-    return trainer
+    return SoftLabelDPOTrainer

@@ -12,67 +12,59 @@ CPU it is slower per sample than our PPO's rollouts; the point is the method, no
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, ClassVar, Literal
 
 from pydantic import Field
 
-from constitutional.artifacts import StageResult, model_identity
-from constitutional.config import ModelConfig, StrictModel
+from constitutional.artifacts import StageDir, StageResult, model_identity
+from constitutional.config import NOT_RESULTS, results_config
 from constitutional.jsonio import sha256_file
-from constitutional.train.sft import LoraSettings, load_trainable, use_bf16
+from constitutional.rundir import RunDir
+from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
 from constitutional.train.stage import run_training_stage, train_and_save
 
 STAGE = "rl"
 RewardFn = Callable[[list, list], list[float]]
 
 
-class GRPOTrainConfig(StrictModel):
-    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy (the "
-                               "SL-CAI model; `cai run` fills it in).")
+class GRPOTrainConfig(Schedule, TrainSettings):
+    """TRL's GRPO (or RLOO) from the policy (`model`) with the preference model as reward."""
+    DEFAULT_LR: ClassVar[tuple[float, float]] = (1e-4, 1e-6)
+    RENAMED: ClassVar[dict[str, str]] = {"max_completion_length": "max_tokens"}
+
     reward_model: str | None = Field(None, description="Preference model (default: "
-                                     "RUN/pm/model).")
+                                     "RUN/pm/model).", json_schema_extra=NOT_RESULTS)
     prompts: str = "bundled:redteam"
     limit: int | None = Field(None, ge=1)
     num_generations: int = Field(4, ge=2, description="Answers per prompt (the group).")
-    max_completion_length: int = Field(48, ge=1)
+    max_tokens: int = Field(48, ge=1, description="Cap on new tokens per answer.")
     temperature: float = Field(1.0, gt=0)
-    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference policy.")
-    lora: bool = True
-    lora_settings: LoraSettings = Field(default_factory=LoraSettings)
-    learning_rate: float | None = Field(None, gt=0, description="None: 1e-4 LoRA, 1e-6 full.")
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1
+    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference policy "
+                        "(rl.rloo defaults to 0.05, TRL's RLOO default).")
     batch_size: int = Field(8, ge=1, description="Answers per step over all processes (a "
                             "multiple of num_generations).")
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    save_steps: int = Field(50, ge=1)
-    logging_steps: int = Field(1, ge=1)
-    seed: int = 0
-
-
-class RLOOTrainConfig(GRPOTrainConfig):
-    beta: float = Field(0.05, ge=0, description="KL coefficient to the reference policy "
-                        "(TRL's RLOO default).")
+    logging_steps: int = Field(1, ge=1, description="Log every N steps.")
 
 
 def run_grpo(cfg: GRPOTrainConfig, run_dir: str | Path, log: Callable[[str], None] = print,
              reward_fn: RewardFn | None = None,
              method: Literal["grpo", "rloo"] = "grpo") -> StageResult:
     from constitutional.prompts_io import load_prompts
-    pm_path = cfg.reward_model or str(Path(run_dir) / "pm" / "model")
+    run = RunDir.of(run_dir)
+    pm_path = cfg.reward_model or str(run.pm_model)
     ppath, rows = load_prompts(cfg.prompts, cfg.limit)
     inputs = {"prompts": sha256_file(ppath), "reward_model": model_identity(pm_path),
               "policy": model_identity(cfg.model.name)}
 
-    def train(data, stage: Path, final: Path, lg) -> list[dict]:
+    def train(data, stage: StageDir, lg) -> list[dict]:
         fn = reward_fn or pm_reward_for_grpo(pm_path)
-        trainer = make_trainer(cfg, data, stage / "checkpoints", fn, method)
-        return train_and_save(trainer, stage / "checkpoints", final, cfg.lora,
+        trainer = make_trainer(cfg, data, stage.checkpoints, fn, method)
+        return train_and_save(trainer, stage.checkpoints, stage.model, cfg.lora,
                               {"stage": STAGE, "kind": method}, lg)
 
-    return run_training_stage(STAGE, {"method": method, **cfg.model_dump(mode="json")},
+    return run_training_stage(run.rl, {"method": method, **results_config(cfg)},
                               inputs, lambda: [{"prompt": r.messages, "id": r.id}
-                                               for r in rows], train, run_dir, log)
+                                               for r in rows], train, log)
 
 
 def pm_reward_for_grpo(pm_path: str) -> RewardFn:
@@ -95,19 +87,17 @@ def make_trainer(cfg: GRPOTrainConfig, rows: list[dict], checkpoints: Path, rewa
 
     datasets.disable_progress_bars()
     bf16 = use_bf16(cfg.precision)
-    model, tok = load_trainable(cfg, bf16)
+    model, tok = load_trainable(cfg.model, lora=cfg.lora_settings if cfg.lora else None,
+                                bf16=bf16, seed=cfg.seed)
     tok.padding_side = "left"                  # generation
     config_cls, trainer_cls = (trl.GRPOConfig, trl.GRPOTrainer) if method == "grpo" else \
         (trl.RLOOConfig, trl.RLOOTrainer)
     args = config_cls(
         output_dir=str(checkpoints),
         per_device_train_batch_size=per_device_batch(cfg.batch_size),
-        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        temperature=cfg.temperature, beta=cfg.beta,
-        learning_rate=cfg.learning_rate or (1e-4 if cfg.lora else 1e-6),
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, bf16=bf16,
-        **trainer_device_args(), activation_checkpointing=False,
-        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
+        num_generations=cfg.num_generations, max_completion_length=cfg.max_tokens,
+        temperature=cfg.temperature, beta=cfg.beta, learning_rate=cfg.lr(), bf16=bf16,
+        **trainer_device_args(), activation_checkpointing=False, **cfg.trainer_args(),
         seed=cfg.seed, report_to=[])
     data = datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
     return trainer_cls(model=model, reward_funcs=reward_fn, args=args, train_dataset=data,

@@ -14,17 +14,18 @@ The result, RUN/pm/model, is an ordinary Hugging Face folder; `PreferenceModel` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, ClassVar, Sequence
 
 from pydantic import Field
 
-from constitutional.artifacts import StageResult, model_identity
-from constitutional.config import ModelConfig, StrictModel
+from constitutional.artifacts import StageDir, StageResult, model_identity
+from constitutional.config import NOT_RESULTS, StrictModel, results_config
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file
+from constitutional.rundir import RunDir
 from constitutional.train.pm_data import (ai_label_examples, held_out, human_examples, mix,
                                           pmp_examples)
-from constitutional.train.sft import LoraSettings, use_bf16
+from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
 from constitutional.train.stage import run_training_stage, train_and_save
 
 STAGE = "pm"
@@ -37,34 +38,23 @@ class PMPConfig(StrictModel):
                                                "one question (None: all).")
 
 
-class PMTrainConfig(StrictModel):
-    model: ModelConfig = Field(default_factory=ModelConfig, description="The base LM the "
-                               "score head goes on.")
-    labels: str | None = Field(None, description="AI labels (default: RUN/labels/output.jsonl).")
+class PMTrainConfig(Schedule, TrainSettings):
+    """The preference model: a score head on the base LM (`model`)."""
+    DEFAULT_LR: ClassVar[tuple[float, float]] = (1e-4, 1e-5)
+
+    labels: str | None = Field(None, description="AI labels (default: RUN/label/output.jsonl).",
+                               json_schema_extra=NOT_RESULTS)     # hashed as an input
     helpful: str | None = Field(None, description="Helpfulness comparisons (HH or HHH format, "
-                                "human labels) mixed in.")
+                                "human labels) mixed in.", json_schema_extra=NOT_RESULTS)
     helpful_per_label: float = Field(1.0, ge=0, description="Helpfulness pairs per AI label.")
     min_confidence: float = Field(0.0, ge=0, lt=0.5, description="Leave out AI labels with "
                                   "|p - 0.5| below this.")
     pmp: PMPConfig | None = Field(None, description="Preference-model pretraining first.")
     lora: bool = Field(False, description="LoRA adapters (and a trained head) instead of all "
                        "weights.")
-    lora_settings: LoraSettings = Field(default_factory=LoraSettings)
-    learning_rate: float | None = Field(None, gt=0, description="None: 1e-5 full, 1e-4 LoRA.")
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1)
-    batch_size: int = Field(8, ge=1, description="Pairs per step over all processes "
-                            "(each takes an equal share).")
-    grad_accum: int = Field(1, ge=1)
     max_length: int = Field(512, ge=16, description="Token cap per answer with its prompt; "
                             "TRL drops longer pairs (counted in the manifest).")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="Pairs held out for accuracy.")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="As for SFT: "
-                                                       "auto = bf16 autocast where supported.")
-    warmup_steps: int = Field(0, ge=0)
-    save_steps: int = Field(50, ge=1)
-    logging_steps: int = Field(5, ge=1)
-    seed: int = 0
 
 
 def build_rows(cfg: PMTrainConfig, labels_path: str) -> list[dict]:
@@ -80,28 +70,29 @@ def build_rows(cfg: PMTrainConfig, labels_path: str) -> list[dict]:
 
 def run_pm(cfg: PMTrainConfig, run_dir: str | Path,
            log: Callable[[str], None] = print) -> StageResult:
-    labels = cfg.labels or str(Path(run_dir) / "labels" / "output.jsonl")
+    run = RunDir.of(run_dir)
+    labels = cfg.labels or str(run.labels.output)
     inputs = {"labels": sha256_file(labels), "base": model_identity(cfg.model.name)}
     if cfg.helpful:
         inputs["helpful"] = sha256_file(cfg.helpful)
     if cfg.pmp:
         inputs["pmp"] = sha256_file(cfg.pmp.data)
 
-    def train(rows, stage: Path, final: Path, lg) -> list[dict]:
+    def train(rows, stage: StageDir, lg) -> list[dict]:
         init = None
-        if cfg.pmp:
-            init = stage / "pmp_model"
+        if cfg.pmp:       # a first phase in the stage's own folder
+            init = stage.path / "pmp_model"
             if not init.is_dir():
                 lg(f"{STAGE}: preference-model pretraining on {cfg.pmp.data}")
                 pmp_rows = pmp_examples(cfg.pmp.data, cfg.pmp.max_pairs_per_question, cfg.seed)
                 phase = cfg.model_copy(update={"epochs": cfg.pmp.epochs, "max_steps": -1})
-                fit(phase, pmp_rows, [], stage / "pmp_checkpoints", init, None, lg)
+                fit(phase, pmp_rows, [], stage.path / "pmp_checkpoints", init, None, lg)
         return fit(cfg, [r for r in rows if r["split"] == "train"],
-                   [r for r in rows if r["split"] == "eval"], stage / "checkpoints", final,
+                   [r for r in rows if r["split"] == "eval"], stage.checkpoints, stage.model,
                    init, lg)
 
-    return run_training_stage(STAGE, cfg.model_dump(mode="json"), inputs,
-                              lambda: build_rows(cfg, labels), train, run_dir, log,
+    return run_training_stage(run.pm, results_config(cfg), inputs,
+                              lambda: build_rows(cfg, labels), train, log,
                               summarize=eval_summary)
 
 
@@ -116,29 +107,6 @@ def fit(cfg: PMTrainConfig, train_rows: list[dict], eval_rows: list[dict], check
     trainer = make_trainer(cfg, train_rows, eval_rows, checkpoints, init)
     return train_and_save(trainer, checkpoints, final, cfg.lora, {"stage": STAGE, "kind": "pm"},
                           log)
-
-
-def load_pm_base(cfg: PMTrainConfig, init: Path | None, bf16: bool):
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from constitutional.backends.transformers_backend import load_model_and_tokenizer, pick_device
-    from constitutional.models import resolve_model
-
-    path = str(init) if init else resolve_model(cfg.model.name).path
-    torch.manual_seed(cfg.seed)          # the fresh score head (and adapters): reproducible
-    model, tok = load_model_and_tokenizer(
-        path, dtype=torch.bfloat16 if (bf16 and cfg.lora) else torch.float32,
-        device=pick_device(cfg.model.device), trust_remote_code=cfg.model.trust_remote_code,
-        revision=cfg.model.revision, name=cfg.model.name,
-        model_class=AutoModelForSequenceClassification, num_labels=1)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model.config.pad_token_id = tok.pad_token_id
-    model.train()
-    if cfg.lora:
-        model = cfg.lora_settings.wrap(model, "SEQ_CLS")
-    return model, tok
 
 
 def make_trainer(cfg: PMTrainConfig, train_rows: list[dict], eval_rows: list[dict],
@@ -169,18 +137,16 @@ def make_trainer(cfg: PMTrainConfig, train_rows: list[dict], eval_rows: list[dic
 
     datasets.disable_progress_bars()
     bf16 = use_bf16(cfg.precision)
-    model, tok = load_pm_base(cfg, init, bf16)
+    model, tok = load_trainable(cfg.model, lora=cfg.lora_settings if cfg.lora else None,
+                                bf16=bf16, seed=cfg.seed, head="score",
+                                path=str(init) if init else None)
     keys = ("prompt", "chosen", "rejected", "margin")
     args = RewardConfig(
         output_dir=str(checkpoints),
         per_device_train_batch_size=per_device_batch(cfg.batch_size),
         per_device_eval_batch_size=per_device_batch(cfg.batch_size),
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate or (1e-4 if cfg.lora else 1e-5),
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
-        bf16=bf16, **trainer_device_args(), activation_checkpointing=False,
-        warmup_steps=cfg.warmup_steps, logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps, save_total_limit=2, seed=cfg.seed, report_to=[],
+        learning_rate=cfg.lr(), max_length=cfg.max_length, bf16=bf16, **trainer_device_args(),
+        activation_checkpointing=False, **cfg.trainer_args(), seed=cfg.seed, report_to=[],
         eval_strategy="epoch" if eval_rows else "no", center_rewards_coefficient=None)
     to_ds = (lambda rows: datasets.Dataset.from_list([{k: r[k] for k in keys} for r in rows]))
     return SoftLabelRewardTrainer(model=model, args=args, train_dataset=to_ds(train_rows),

@@ -8,49 +8,45 @@ and score head, read at every token). Advantages by GAE, optionally whitened; th
 surrogate and a clipped value loss, all pure functions in `losses.py`. Rollouts are generated
 through our batched engine on the policy's own weights.
 
-The run folder keeps log.jsonl (reward, KL, entropy, value loss, clip fraction, KL coefficient
-per step), eval.jsonl (the preference model's mean reward and the KL on held-out prompts that
-training never sees, before training, every `eval_every` steps and at the end), checkpoint.pt
-(resume: a killed run continues from the last checkpoint and ends with the same numbers) and
-model/ (the merged policy, an ordinary Hugging Face folder).
+In a run folder (train/ppo_run.py) the stage keeps log.jsonl (reward, KL, entropy, value loss,
+clip fraction, KL coefficient per step), eval.jsonl (the preference model's mean reward and the
+KL on held-out prompts that training never sees, before training, every `eval_every` steps and
+at the end), checkpoint.pt (resume: a killed run continues from the last checkpoint and ends
+with the same numbers) and model/ (the merged policy, an ordinary Hugging Face folder).
 
 Under `accelerate launch` (DDP), each process rolls out, scores and trains on its share of
 every batch (`batch_size` and `mini_batch_size` stay global); DDP averages the gradients,
-advantages are whitened with the whole batch's statistics, the logged figures are those of
-the whole batch, and held-out evaluation is split over the processes and gathered. The main
-process alone writes the stage folder.
+advantages are whitened with the whole batch's statistics, the logged figures are those of the
+whole batch, and held-out evaluation is split over the processes and gathered. The main process
+alone writes the stage folder.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import shutil
-import time
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, ClassVar, Literal, Sequence
 
 from pydantic import Field
 
-from constitutional.artifacts import StageDir, StageResult, model_identity, package_versions
-from constitutional.config import ModelConfig, StrictModel
+from constitutional.config import NOT_RESULTS
 from constitutional.errors import InputError
-from constitutional.jsonio import seeded_fraction, sha256_file, sha256_json, write_atomic
-from constitutional.train.distributed import (is_main_process, per_device_batch, rank,
-                                              wait_for_everyone, world_size)
-from constitutional.train.sft import LoraSettings, use_bf16
-from constitutional.train.stage import reuse_or_reset, save_atomically
+from constitutional.jsonio import seeded_fraction
+from constitutional.train.common import TrainSettings, use_bf16
+from constitutional.train.distributed import per_device_batch
 
 STAGE = "rl"
 RewardFn = Callable[[Sequence[Sequence[dict]], Sequence[str]], list[float]]
 
 
-class PPOConfig(StrictModel):
-    policy: ModelConfig = Field(default_factory=ModelConfig, description="The starting "
-                                "policy: the SL-CAI model (`cai run` fills it in).")
+class PPOConfig(TrainSettings):
+    """PPO from the policy (`model`: the SL-CAI model under `cai run`) against the preference
+    model, with a value model initialized from it."""
+    DEFAULT_LR: ClassVar[tuple[float, float]] = (1e-4, 1e-6)
+    RENAMED: ClassVar[dict[str, str]] = {"policy": "model", "max_new_tokens": "max_tokens"}
+
     reward_model: str | None = Field(None, description="Preference model folder (default: "
-                                     "RUN/pm/model). It also initializes the value model.")
+                                     "RUN/pm/model). It also initializes the value model.",
+                                     json_schema_extra=NOT_RESULTS)   # hashed as an input
     prompts: str = Field("bundled:redteam", description="RL prompts (the paper: the SL "
                          "prompts plus generated ones).")
     limit: int | None = Field(None, ge=1)
@@ -62,13 +58,9 @@ class PPOConfig(StrictModel):
     mini_batch_size: int = Field(4, ge=1, description="Rollouts per gradient step, over "
                                  "all processes.")
     ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
-    max_new_tokens: int = Field(48, ge=1)
+    max_tokens: int = Field(48, ge=1, description="Cap on new tokens per rollout.")
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    lora: bool = True
-    lora_settings: LoraSettings = Field(default_factory=LoraSettings)
-    learning_rate: float | None = Field(None, gt=0, description="Policy; None: 1e-4 LoRA, "
-                                        "1e-6 full.")
     value_lora: bool = Field(True, description="Train the value model (initialized from the "
                              "preference model) with LoRA adapters and its score head; false "
                              "trains all its weights (the paper; 3-4x slower on a CPU).")
@@ -98,11 +90,9 @@ class PPOConfig(StrictModel):
     snapshots: bool = Field(True, description="Save the policy at every evaluation before "
                             "the last to rl/snapshots/step-N (a LoRA adapter, or the full "
                             "model without LoRA): the frontier plot's RL checkpoints.")
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
     report_to: list[Literal["tensorboard"]] = Field(
         default_factory=list, description="['tensorboard'] also writes every iteration's "
         "figures to RUN/rl/tensorboard (needs the tensorboard package).")
-    seed: int = 0
 
 
 def split_prompts(rows: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -166,7 +156,7 @@ class PPOTrainer:
         if not cfg.lora:
             import copy
             self.ref = copy.deepcopy(policy).eval().requires_grad_(False)
-        lr = cfg.learning_rate or (1e-4 if cfg.lora else 1e-6)
+        lr = cfg.lr()
         self.opt = torch.optim.AdamW([
             {"params": [p for p in policy.parameters() if p.requires_grad], "lr": lr},
             {"params": [p for p in value_model.parameters() if p.requires_grad],
@@ -212,7 +202,7 @@ class PPOTrainer:
         self.policy.eval()
         sampling = Sampling(n=1, temperature=self.cfg.temperature if temperature is None
                             else temperature, top_p=self.cfg.top_p,
-                            max_tokens=self.cfg.max_new_tokens, seed=seed)
+                            max_tokens=self.cfg.max_tokens, seed=seed)
         with engine_attention(self.policy):
             outs = self.backend.generate(convs, sampling)
         texts = [o[0].text for o in outs]
@@ -395,177 +385,3 @@ class PPOTrainer:
         self.opt.load_state_dict(st["opt"])
         self.kl.value, self.score_stats, self.step_no = st["kl_coef"], st["score_stats"], \
             st["step"]
-
-
-def load_models(cfg: PPOConfig, pm_path: str):
-    """Policy (+ LoRA), tokenizer and a value model initialized from the preference model."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    from constitutional.backends.transformers_backend import load_model_and_tokenizer, pick_device
-    from constitutional.models import resolve_model
-
-    bf16 = use_bf16(cfg.precision)
-    device = pick_device(cfg.policy.device)
-    policy, tok = load_model_and_tokenizer(
-        resolve_model(cfg.policy.name).path, device=device,
-        dtype=torch.bfloat16 if (bf16 and cfg.lora) else torch.float32,
-        trust_remote_code=cfg.policy.trust_remote_code, revision=cfg.policy.revision,
-        name=cfg.policy.name)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if cfg.lora:
-        policy = cfg.lora_settings.wrap(policy, "CAUSAL_LM")
-    value, _ = load_model_and_tokenizer(
-        pm_path, dtype=torch.bfloat16 if (bf16 and cfg.value_lora) else torch.float32,
-        device=device, model_class=AutoModelForSequenceClassification, name=pm_path)
-    if cfg.value_lora:
-        value = cfg.lora_settings.wrap(value, "SEQ_CLS")
-    return policy, tok, value
-
-
-def pm_reward(pm_path: str, device: str = "auto") -> RewardFn:
-    from constitutional.train.pm import PreferenceModel
-
-    pm = PreferenceModel(pm_path, device=device)
-    return lambda convs, texts: pm.score(convs, texts)
-
-
-def run_ppo(cfg: PPOConfig, run_dir: str | Path, log: Callable[[str], None] = print,
-            reward_fn: RewardFn | None = None) -> StageResult:
-    import torch
-
-    from constitutional.prompts_io import load_prompts
-    from constitutional.stages.generate import conversation
-
-    pm_path = cfg.reward_model or str(Path(run_dir) / "pm" / "model")
-    ppath, rows = load_prompts(cfg.prompts, cfg.limit)
-    train_rows, eval_rows = split_prompts(rows, cfg.eval_fraction, cfg.seed)
-    stage = StageDir(run_dir, STAGE)
-    final = stage.path / "model"
-    inputs = {"prompts": sha256_file(ppath), "reward_model": model_identity(pm_path),
-              "policy": model_identity(cfg.policy.name)}
-    fingerprint = sha256_json({"stage": STAGE, "config": cfg.model_dump(mode="json"),
-                               "inputs": inputs})
-    done = reuse_or_reset(stage, fingerprint, log, count_key="steps")
-    if done:
-        return done
-    per_process = per_device_batch(cfg.batch_size)
-    main = is_main_process()
-    if main:
-        stage.path.mkdir(parents=True, exist_ok=True)
-    # fails fast if the package is missing; figures go to one writer
-    board = _tensorboard(cfg, stage.path) if main else (lambda row, group: None)
-    torch.manual_seed(cfg.seed)
-    policy, tok, value = load_models(cfg, pm_path)
-    trainer = PPOTrainer(cfg, policy, tok, value, reward_fn or pm_reward(pm_path))
-    ckpt = stage.path / "checkpoint.pt"
-    if ckpt.is_file():
-        trainer.load_state(torch.load(ckpt, weights_only=False))
-        log(f"{STAGE}: resuming after iteration {trainer.step_no}")
-    logs = _read_log(stage.path / "log.jsonl", trainer.step_no)
-    evals = _read_log(stage.path / "eval.jsonl", trainer.step_no)
-    manifest = {"stage": STAGE, "status": "running", "fingerprint": fingerprint,
-                "config": cfg.model_dump(mode="json"), "inputs": inputs,
-                "train_prompts": len(train_rows), "eval_prompts": len(eval_rows),
-                "processes": world_size(), "versions": package_versions()}
-    if main:
-        stage.write_manifest(manifest)
-    convs = [conversation(r, None) for r in train_rows]
-    held = [conversation(r, None) for r in eval_rows]
-    t0 = time.time()
-    if not evals:
-        evals.append(trainer.evaluate(held, cfg.seed + 1))
-        board(evals[-1], "eval")
-        if main:
-            _write_log(stage.path / "eval.jsonl", evals)
-    first = rank() * per_process          # this process's share of each global batch
-    while trainer.step_no < cfg.steps:
-        k = trainer.step_no
-        batch = [convs[(k * cfg.batch_size + i) % len(convs)]
-                 for i in range(first, first + per_process)]
-        # one seed for all processes: the engine draws a stream per prompt, so a prompt's
-        # rollout is the same on 1 process or N
-        logs.append(trainer.step(batch, seed=_step_seed(cfg.seed, k)))
-        board(logs[-1], "train")
-        log(f"{STAGE} step {trainer.step_no}/{cfg.steps}: reward {logs[-1]['reward']:.3f} "
-            f"kl {logs[-1]['kl']:.3f}")
-        if trainer.step_no % cfg.eval_every == 0 or trainer.step_no == cfg.steps:
-            evals.append(trainer.evaluate(held, cfg.seed + 1))
-            board(evals[-1], "eval")
-            if cfg.snapshots and trainer.step_no < cfg.steps and main:
-                save_snapshot(trainer.policy, tok, cfg, stage.path, trainer.step_no)
-        if main and (trainer.step_no % cfg.save_every == 0 or trainer.step_no == cfg.steps):
-            # logs first, then the checkpoint: a resume trims logs back to the checkpoint
-            _write_log(stage.path / "log.jsonl", logs)
-            _write_log(stage.path / "eval.jsonl", evals)
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save(trainer.state(), tmp)
-            tmp.replace(ckpt)
-    manifest.update(status="complete", steps=cfg.steps, seconds=time.time() - t0,
-                    reward_before=evals[0]["reward"], reward_after=evals[-1]["reward"],
-                    kl_after=evals[-1]["kl"], output="model")
-    if main:
-        model = trainer.policy.merge_and_unload() if cfg.lora else trainer.policy
-        save_atomically(model, tok, final, {"stage": STAGE, "kind": "ppo"})
-        stage.write_manifest(manifest)
-        ckpt.unlink(missing_ok=True)
-    wait_for_everyone()
-    return StageResult(STAGE, final, cfg.steps, manifest["seconds"], skipped=False)
-
-
-def save_snapshot(policy, tok, cfg: PPOConfig, stage: Path, step: int) -> Path:
-    """The policy as of `step`, by rename. A LoRA snapshot holds the adapter and a note
-    naming its base by a path relative to itself, so the run folder can move."""
-    import os
-
-    from constitutional.models import ADAPTER_NOTE, resolve_model
-
-    final = stage / "snapshots" / f"step-{step:04d}"
-    if cfg.lora:
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        policy.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        base = os.path.relpath(Path(resolve_model(cfg.policy.name).path).resolve(),
-                               final.resolve())
-        (tmp / ADAPTER_NOTE).write_text(json.dumps({"base": base, "step": step}))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    else:
-        save_atomically(policy, tok, final, {"stage": STAGE, "kind": "ppo", "step": step})
-    return final
-
-
-def _step_seed(seed: int, step: int) -> int:
-    return random.Random(f"{seed}\x00{step}").getrandbits(62)
-
-
-def _read_log(path: Path, upto: int) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return [r for r in rows if r["step"] <= upto]
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _tensorboard(cfg: PPOConfig, folder: Path) -> Callable[[dict, str], None]:
-    """A function that writes one row's numbers as TensorBoard scalars (or does nothing)."""
-    if "tensorboard" not in cfg.report_to:
-        return lambda row, group: None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise InputError("report_to: tensorboard needs the tensorboard package "
-                         "(pip install tensorboard)", field="report_to") from None
-    writer = SummaryWriter(str(folder / "tensorboard"))
-
-    def write(row: dict, group: str) -> None:
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)):
-                writer.add_scalar(f"{group}/{k}", v, row["step"])
-        writer.flush()
-    return write

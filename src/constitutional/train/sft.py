@@ -16,76 +16,36 @@ same config and data continues from the latest; the final folder appears by atom
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, ClassVar
 
 from pydantic import Field
 
 from constitutional.artifacts import StageResult, model_identity
-from constitutional.config import ModelConfig, StrictModel
+from constitutional.config import NOT_RESULTS, results_config
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file
+from constitutional.rundir import RunDir
+from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
 from constitutional.train.stage import run_training_stage, train_and_save
 
 STAGE = "sl_model"
 
 
-class LoraSettings(StrictModel):
-    r: int = Field(16, ge=1, description="Rank of the adapters.")
-    alpha: int = Field(32, ge=1, description="Scale numerator (scale = alpha / r).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input. 0 by "
-                           "default: on a CPU it copies every adapted input and cost a third "
-                           "of the step time in bench/train.py.")
-    target_modules: str | list[str] = Field("all-linear", description="Modules that get "
-                                            "adapters ('all-linear' or a list of names).")
+class SFTTrainConfig(Schedule, TrainSettings):
+    """SL-CAI fine-tuning (the paper fine-tunes the pretrained model)."""
+    DEFAULT_LR: ClassVar[tuple[float, float]] = (2e-4, 1e-5)
 
-    def wrap(self, model, task_type: str):
-        """The model with adapters (peft); task_type CAUSAL_LM, or SEQ_CLS (head trained too)."""
-        from peft import LoraConfig, get_peft_model
-
-        return get_peft_model(model, LoraConfig(
-            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
-            target_modules=self.target_modules, task_type=task_type))
-
-
-class SFTTrainConfig(StrictModel):
-    model: ModelConfig = Field(default_factory=ModelConfig, description="The model to "
-                               "fine-tune (the paper fine-tunes the pretrained model).")
     revisions: str | None = Field(None, description="critique stage output "
-                                  "(critique/output.jsonl); `cai sl-cai` fills it in.")
-    helpful: str | None = Field(None, description="generate output on helpful prompts.")
+                                  "(critique/output.jsonl); `cai sl-cai` fills it in.",
+                                  json_schema_extra=NOT_RESULTS)  # hashed as an input
+    helpful: str | None = Field(None, description="generate output on helpful prompts.",
+                                json_schema_extra=NOT_RESULTS)
     helpful_per_revision: float = Field(1.0, ge=0, description="Helpful examples mixed in "
                                         "per revision example.")
     include_flagged: bool = Field(False, description="Also train on flagged revisions.")
-    lora: bool = Field(True, description="Train LoRA adapters (merged at the end) instead of "
-                       "all weights.")
-    lora_settings: LoraSettings = Field(default_factory=LoraSettings)
-    learning_rate: float | None = Field(None, gt=0, description="None: 2e-4 with LoRA, "
-                                        "1e-5 for full fine-tuning.")
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs).")
-    batch_size: int = Field(8, ge=1, description="Examples per step over all "
-                            "processes (each takes an equal share).")
-    grad_accum: int = Field(1, ge=1, description="Steps accumulated per optimizer update.")
     max_length: int = Field(512, ge=16, description="Tokens per example (longer ones are "
                             "truncated).")
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto: bf16 autocast where the CPU has bf16 units or on GPU.")
     activation_checkpointing: bool = Field(False, description="Trade ~30% speed for memory.")
-    warmup_steps: int = Field(0, ge=0)
-    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume point).")
-    logging_steps: int = Field(5, ge=1)
-    seed: int = 0
-
-
-def use_bf16(precision: str) -> bool:
-    import torch
-
-    from constitutional.backends.transformers_backend import cpu_has_bf16
-
-    if precision != "auto":
-        return precision == "bf16"
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported() or \
-        (not torch.cuda.is_available() and cpu_has_bf16())
 
 
 def build_dataset(cfg: SFTTrainConfig) -> list[dict]:
@@ -108,9 +68,8 @@ def run_sft(cfg: SFTTrainConfig, run_dir: str | Path,
     if cfg.helpful:
         inputs["helpful"] = sha256_file(cfg.helpful)
     return run_training_stage(
-        STAGE, cfg.model_dump(mode="json"), inputs, lambda: build_dataset(cfg),
-        lambda rows, stage, final, lg: train(cfg, rows, stage / "checkpoints", final, lg),
-        run_dir, log)
+        RunDir.of(run_dir).sl, results_config(cfg), inputs, lambda: build_dataset(cfg),
+        lambda rows, stage, lg: train(cfg, rows, stage.checkpoints, stage.model, lg), log)
 
 
 def train(cfg: SFTTrainConfig, rows: list[dict], checkpoints: Path, final: Path,
@@ -128,16 +87,13 @@ def make_trainer(cfg: SFTTrainConfig, rows: list[dict], checkpoints: Path):
 
     datasets.disable_progress_bars()
     bf16 = use_bf16(cfg.precision)
-    model, tok = load_trainable(cfg, bf16)
+    model, tok = load_trainable(cfg.model, lora=cfg.lora_settings if cfg.lora else None,
+                                bf16=bf16, seed=cfg.seed)
     args = SFTConfig(
         output_dir=str(checkpoints),
         per_device_train_batch_size=per_device_batch(cfg.batch_size),
-        gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate or (2e-4 if cfg.lora else 1e-5),
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, max_length=cfg.max_length,
-        bf16=bf16, **trainer_device_args(),
-        activation_checkpointing=cfg.activation_checkpointing, warmup_steps=cfg.warmup_steps,
-        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps, save_total_limit=2,
+        learning_rate=cfg.lr(), max_length=cfg.max_length, bf16=bf16, **trainer_device_args(),
+        activation_checkpointing=cfg.activation_checkpointing, **cfg.trainer_args(),
         seed=cfg.seed, report_to=[], completion_only_loss=True)
     data = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}
                                        for r in rows])
@@ -181,28 +137,3 @@ def _completion_loss_trainer():
             return (loss, out) if return_outputs else loss
 
     return CompletionLossSFTTrainer
-
-
-def load_trainable(cfg: SFTTrainConfig, bf16: bool):
-    import torch
-
-    from constitutional.backends.transformers_backend import load_model_and_tokenizer, pick_device
-    from constitutional.models import resolve_model
-
-    resolved = resolve_model(cfg.model.name)
-    # LoRA: frozen base weights in bf16 (autocast would cast them every step anyway);
-    # full fine-tuning keeps fp32 master weights under bf16 autocast.
-    dtype = torch.bfloat16 if (bf16 and cfg.lora) else torch.float32
-    model, tok = load_model_and_tokenizer(
-        resolved.path, dtype=dtype, device=pick_device(cfg.model.device),
-        trust_remote_code=cfg.model.trust_remote_code, revision=cfg.model.revision,
-        name=cfg.model.name)
-    model.train()
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if cfg.lora:
-        torch.manual_seed(cfg.seed)     # adapter init: the same run gives the same model
-        model = cfg.lora_settings.wrap(model, "CAUSAL_LM")
-    return model, tok
-
-

@@ -20,16 +20,16 @@ from constitutional.artifacts import StageDir, StageResult, package_versions
 from constitutional.jsonio import sha256_json, write_json_atomic, write_jsonl_atomic
 from constitutional.train.distributed import is_main_process, wait_for_everyone, world_size
 
-# train(rows, stage_dir, final_dir, log) -> the Trainer's log history
-TrainFn = Callable[[list[dict], Path, Path, Callable[[str], None]], list[dict]]
+# train(rows, stage, log) -> the Trainer's log history; it writes stage.model at the end
+TrainFn = Callable[[list[dict], StageDir, Callable[[str], None]], list[dict]]
 
 
-def run_training_stage(name: str, config: dict, inputs: dict[str, str],
+def run_training_stage(stage: StageDir, config: dict, inputs: dict[str, str],
                        build_rows: Callable[[], list[dict]], train: TrainFn,
-                       run_dir: str | Path, log: Callable[[str], None] = print,
+                       log: Callable[[str], None] = print,
                        summarize: Callable[[list[dict]], dict] | None = None) -> StageResult:
-    stage = StageDir(run_dir, name)
-    final = stage.path / "model"
+    """`stage`: the folder the run folder (RunDir) gives this training step."""
+    name, final = stage.name, stage.model
     fingerprint = sha256_json({"stage": name, "config": config, "inputs": inputs})
     done = reuse_or_reset(stage, fingerprint, log)
     if done:
@@ -43,7 +43,7 @@ def run_training_stage(name: str, config: dict, inputs: dict[str, str],
         write_jsonl_atomic(stage.path / "train.jsonl", rows)
         stage.write_manifest(manifest)
     t0 = time.time()
-    history = train(rows, stage.path, final, log)
+    history = train(rows, stage, log)
     manifest.update(status="complete", seconds=time.time() - t0, output="model",
                     final_loss=next((h["train_loss"] for h in reversed(history)
                                      if "train_loss" in h), None),
@@ -57,11 +57,9 @@ def run_training_stage(name: str, config: dict, inputs: dict[str, str],
 
 def finished(stage: StageDir, fingerprint: str, count_key: str = "rows") -> StageResult | None:
     """The stage's result if it completed with this fingerprint and its model is there."""
-    m = stage.manifest()
-    if m and m.get("fingerprint") == fingerprint and m.get("status") == "complete" and \
-            (stage.path / "model").is_dir():
-        return StageResult(stage.name, stage.path / "model", m.get(count_key, 0), 0.0,
-                           skipped=True)
+    if stage.is_complete(fingerprint, result=stage.model):
+        m = stage.manifest() or {}
+        return StageResult(stage.name, stage.model, m.get(count_key, 0), 0.0, skipped=True)
     return None
 
 
@@ -71,10 +69,8 @@ def reuse_or_reset(stage: StageDir, fingerprint: str, log: Callable[[str], None]
     after clearing a stage left by another config or other inputs (a stage with the same
     fingerprint is kept, so its checkpoints resume). Under several processes the main one
     clears and the others wait, then all see the same folder."""
-    m = stage.manifest()
-    if is_main_process() and m and m.get("fingerprint") != fingerprint:
-        log(f"{stage.name}: config or inputs changed since the last run; training from scratch")
-        shutil.rmtree(stage.path)
+    if is_main_process():
+        stage.reuse_or_reset(fingerprint, log, result=stage.model)
     wait_for_everyone()
     return finished(stage, fingerprint, count_key)
 

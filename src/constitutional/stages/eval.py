@@ -5,6 +5,8 @@
     eval/ablation_revision_only/   the critique stage's prompts worked without critiques
     eval/judge/<axis>/             the judge's soft label for every (prompt, model pair)
     eval/evasiveness/              judge and lexical evasiveness of each harmlessness answer
+    eval/feedback_accuracy/        the run's labeling method on human-labelled pairs
+    eval/pm_scores/                what the run's preference model scores (one row)
     eval/summary.json              Elo with intervals, win rates, evasiveness, benchmarks,
                                    ablation curves, PM and feedback accuracy
     eval/frontier.csv, frontier.png, ablation.png
@@ -16,21 +18,20 @@ from them are recomputed from the stage outputs each time (cheap and determinist
 
 from __future__ import annotations
 
-import csv
-import io
-import re
 from pathlib import Path
 from typing import Callable, Literal
 
 from pydantic import Field, field_validator
 
-from constitutional.artifacts import (StageDir, StageResult, model_identity, read_output,
-                                      run_model_stage)
-from constitutional.config import GenerateConfig, ModelConfig, SamplingConfig, StrictModel
+from constitutional.artifacts import (StageResult, model_identity, read_output, run_model_stage,
+                                      run_sharded)
+from constitutional.config import (GenerateConfig, ModelConfig, SamplingConfig, StrictModel,
+                                   results_config)
 from constitutional.errors import InputError
-from constitutional.evals.compare import AXES, axis_result, judge_constitution, \
-    pairwise_comparisons
+from constitutional.evals.compare import AXES, judge_constitution, pairwise_comparisons
+from constitutional.evals.summary import frontier_csv, summarize
 from constitutional.jsonio import sha256_file, sha256_json, write_atomic, write_json_atomic
+from constitutional.rundir import RunDir, slug
 
 STAGE = "eval"
 
@@ -101,29 +102,25 @@ class EvalConfig(StrictModel):
         return v
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "model"
-
-
-def run_models(run_dir: Path, base: str | None, rl_method: str = "ppo",
+def run_models(run_dir: RunDir | Path, base: str | None, rl_method: str = "ppo",
                snapshots: bool = True) -> list[EvalModel]:
     """The run's models in training order: base -> SL-CAI -> RL snapshots -> RL, and for a
     SELF-ALIGN run base -> engraved -> verbose-cloned."""
+    run = RunDir.of(run_dir)
     rl_line = f"RL-CAI ({rl_method.upper()})"
-    self_align = [(run_dir / d / "model", label) for d, label in
-                  (("engraved", "engraved"), ("verbose_model", "verbose-cloned"))
-                  if (run_dir / d / "model").is_dir()]
+    self_align = [(path, label) for path, label in
+                  ((run.engraved_model, "engraved"), (run.verbose_model, "verbose-cloned"))
+                  if path.is_dir()]
     base_lines = ["SELF-ALIGN"] if self_align else ["SL-CAI"]
     out = [EvalModel(name=base, label="base", lines=base_lines)] if base else []
-    sl = run_dir / "sl_model" / "model"
-    if sl.is_dir():
-        out.append(EvalModel(name=str(sl), label="SL-CAI", lines=["SL-CAI", rl_line]))
-    snaps = sorted((run_dir / "rl" / "snapshots").glob("step-*")) if snapshots else []
+    if run.sl_model.is_dir():
+        out.append(EvalModel(name=str(run.sl_model), label="SL-CAI",
+                             lines=["SL-CAI", rl_line]))
+    snaps = sorted(run.rl_snapshots.glob("step-*")) if snapshots else []
     out += [EvalModel(name=str(p), label=f"RL step {int(p.name[5:])}", lines=[rl_line])
             for p in snaps if p.is_dir()]
-    if (run_dir / "rl" / "model").is_dir():
-        out.append(EvalModel(name=str(run_dir / "rl" / "model"), label="RL-CAI",
-                             lines=[rl_line]))
+    if run.rl_model.is_dir():
+        out.append(EvalModel(name=str(run.rl_model), label="RL-CAI", lines=[rl_line]))
     out += [EvalModel(name=str(path), label=label, lines=["SELF-ALIGN"])
             for path, label in self_align]
     return out
@@ -137,7 +134,7 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
     import time
 
     t0 = time.time()
-    run_dir = Path(run_dir)
+    run_dir = RunDir.of(run_dir)
     models = cfg.models or run_models(run_dir, base, rl_method, cfg.snapshots)
     titles = [m.title for m in models]
     if len(models) < 2:
@@ -170,11 +167,12 @@ def run_eval(cfg: EvalConfig, run_dir: str | Path, load_backend: Callable,
     feedback = _feedback_accuracy(cfg, label, run_dir, backends, log)
     backends.release()
     pm = _pm_numbers(cfg, run_dir, chains, titles, answers.get("harmlessness"), log)
-    summary = summarize(cfg, models, judged, evasive, mc, pm, feedback, answers)
+    summary = summarize(models, judged, evasive, mc, pm, feedback, answers, cfg.bootstrap,
+                        cfg.seed)
     summary["seconds"] = time.time() - t0
-    write_outputs(run_dir / STAGE, summary)
+    write_outputs(run_dir, summary)
     n = sum(len(rows) for rows in judged.values())
-    return StageResult(STAGE, run_dir / STAGE / "summary.json", n, summary["seconds"], False)
+    return StageResult(STAGE, run_dir.eval_summary, n, summary["seconds"], False)
 
 
 # -- model stages ------------------------------------------------------------------------
@@ -194,7 +192,7 @@ def _answers(cfg, axis, m: EvalModel, mcfg, run_dir, backends, log) -> dict[str,
     gen = GenerateConfig(model=mcfg, prompts=cfg.prompts[axis], limit=cfg.limit,
                          sampling=cfg.sampling, system_prompt=cfg.system_prompt)
     res = run_generate(gen, run_dir, backends.loader(mcfg), log,
-                       stage_name=f"{STAGE}/answers/{slug(m.title)}/{axis}")
+                       folder=run_dir.eval_answers(m.title, axis))
     return {r["id"]: r for r in read_output(res.output) if r["sample"] == 0}
 
 
@@ -204,7 +202,7 @@ def _mc(bench: str, m: EvalModel, mcfg, run_dir, backends, log) -> list[dict]:
 
     path = resolve_prompts_path(bench)
     items = load_mc(path)
-    stage = StageDir(run_dir, f"{STAGE}/mc/{slug(path.stem)}/{slug(m.title)}")
+    stage = run_dir.eval_mc(path.stem, m.title)
     res = run_model_stage(stage, config={"benchmark": path.name},
                           inputs={"benchmark": sha256_file(path),
                                   "model": model_identity(m.name)},
@@ -217,18 +215,18 @@ def _mc(bench: str, m: EvalModel, mcfg, run_dir, backends, log) -> list[dict]:
 def _ablation_chains(cfg, critique, run_dir, backends, log) -> dict[str, list[dict]]:
     from constitutional.stages.critique import run_critique
 
-    done = run_dir / "critique" / "output.jsonl"
+    done = run_dir.critique.output
     if not (cfg.ablation and critique and done.is_file()):
         return {}
     twin = critique.model_copy(update={"mode": "revision_only"})
     res = run_critique(twin, run_dir, backends.loader(twin.model), log,
-                       stage_name=f"{STAGE}/ablation_revision_only",
+                       folder=run_dir.eval_ablation,
                        get_critic=backends.loader(twin.critic) if twin.critic else None)
     return {"critique": read_output(done), "revision_only": read_output(res.output)}
 
 
 def _judge(cfg, axis, titles, answers, run_dir, backends, log) -> list[dict]:
-    from constitutional.stages.label import LabelConfig, Labeler
+    from constitutional.labeling import LabelConfig, Labeler
 
     constitution = judge_constitution(axis, cfg.principles.get(axis))
     k = cfg.judge_principles or len(constitution.choice)
@@ -236,7 +234,7 @@ def _judge(cfg, axis, titles, answers, run_dir, backends, log) -> list[dict]:
                        prompt_format=cfg.prompt_format, seed=cfg.seed)
     labeler = Labeler(lcfg, constitution)
     items = pairwise_comparisons(axis, answers, anchor_only=cfg.compare == "anchor")
-    stage = StageDir(run_dir, f"{STAGE}/judge/{axis}")
+    stage = run_dir.eval_judge(axis)
     res = run_model_stage(
         stage, config={"principles": [p.text for p in constitution.choice], "k": k,
                        "debias": cfg.debias, "format": cfg.prompt_format, "seed": cfg.seed,
@@ -263,7 +261,7 @@ def _evasiveness(cfg, titles, answers, run_dir, backends, log) -> list[dict]:
                  "p_evasive": round(p, 6), **ev.lexical_flags(r["completion"])}
                 for (t, pid, r), p in zip(chunk, ps)]
 
-    res = run_model_stage(StageDir(run_dir, f"{STAGE}/evasiveness"),
+    res = run_model_stage(run_dir.eval_evasiveness,
                           config={"format": cfg.prompt_format, "question": ev.PRINCIPLE},
                           inputs={"judge": model_identity(cfg.judge.name),
                                   "answers": sha256_json([[t, pid, r["completion"]]
@@ -281,65 +279,56 @@ def _feedback_accuracy(cfg, label, run_dir, backends, log) -> dict | None:
     from constitutional.comparisons import load_comparisons
     from constitutional.constitution import load_constitution
     from constitutional.evals.feedback_accuracy import shown, summarize as fa_summary
-    from constitutional.stages.label import Labeler, method_name
+    from constitutional.labeling import Labeler, method_name
 
-    path = run_dir / STAGE / "feedback_accuracy.json"
-    key = sha256_json({"pairs": sha256_file(cfg.human_pairs), "label": label.model_dump(
-        mode="json"), "model": model_identity(label.model.name)})
-    cached = _cached(path, key)
-    if cached:
-        return cached
     pairs = shown([c for c in load_comparisons(cfg.human_pairs)[0] if c.better is not None])
     _, constitution = load_constitution(label.constitution)
-    labeler, backend = Labeler(label, constitution), backends.get(label.model)
-    rows = [r for i in range(0, len(pairs), 64) for r in labeler.label(backend, pairs[i:i + 64])]
-    out = {"key": key, "method": method_name(label), "file": cfg.human_pairs,
-           **fa_summary(rows, 0.0)}
-    write_json_atomic(path, out)
+    labeler = Labeler(label, constitution)
+    res = run_model_stage(
+        run_dir.eval_feedback_accuracy, config=results_config(label),
+        inputs={"pairs": sha256_file(cfg.human_pairs), "model": model_identity(label.model.name),
+                "constitution": constitution.fingerprint()},
+        items=pairs, chunk_size=64, get_backend=backends.loader(label.model),
+        work=counted(labeler.label), total=len(pairs), unit="pairs", log=log)
+    rows = read_output(res.output)
+    out = {"method": method_name(label), "file": cfg.human_pairs, **fa_summary(rows, 0.0)}
     log(f"{STAGE}: feedback accuracy on {len(rows)} human-labelled pairs {out['accuracy']:.3f}")
     return out
-
-
-def _cached(path: Path, key: str) -> dict | None:
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data if data.get("key") == key else None
 
 
 def _pm_numbers(cfg, run_dir, chains, titles, harm_answers, log) -> dict:
     """Everything the run's preference model scores: the ablation chains, each model's
     harmlessness answers, and (optionally) human-labelled pairs."""
-    pm_dir = run_dir / "pm" / "model"
+    pm_dir = run_dir.pm_model
     if not pm_dir.is_dir():
         return {}
     from constitutional.evals.ablation import ablation
 
-    path = run_dir / STAGE / "pm_scores.json"
-    key = sha256_json({"pm": model_identity(str(pm_dir)), "chains": sha256_json(chains),
-                       "answers": sha256_json(harm_answers), "titles": titles,
-                       "pairs": sha256_file(cfg.human_pairs) if cfg.human_pairs else None})
-    cached = _cached(path, key)
-    if cached:
-        return cached
-    from constitutional.train.pm import PreferenceModel
+    def score(_):
+        """One row: every number the PM gives (computed at once, the PM loaded once)."""
+        from constitutional.train.pm import PreferenceModel
 
-    pm = PreferenceModel(pm_dir, device=cfg.judge.device)
-    out: dict = {"key": key, "ablation": ablation(chains, pm.score)}
-    if harm_answers:
-        out["reward"] = {}
-        for t, a in zip(titles, harm_answers):
-            s = pm.score([r["messages"] for r in a.values()],
-                         [r["completion"] for r in a.values()])
-            out["reward"][t] = sum(s) / len(s) if s else None
-    if cfg.human_pairs:
-        out["pm_accuracy"] = _pm_accuracy(pm, cfg.human_pairs)
-        log(f"{STAGE}: PM accuracy on human-labelled pairs {out['pm_accuracy']['accuracy']:.3f}")
-    write_json_atomic(path, out)
-    return out
+        pm = PreferenceModel(pm_dir, device=cfg.judge.device)
+        out: dict = {"ablation": ablation(chains, pm.score)}
+        if harm_answers:
+            out["reward"] = {}
+            for t, a in zip(titles, harm_answers):
+                s = pm.score([r["messages"] for r in a.values()],
+                             [r["completion"] for r in a.values()])
+                out["reward"][t] = sum(s) / len(s) if s else None
+        if cfg.human_pairs:
+            out["pm_accuracy"] = _pm_accuracy(pm, cfg.human_pairs)
+            log(f"{STAGE}: PM accuracy on human-labelled pairs "
+                f"{out['pm_accuracy']['accuracy']:.3f}")
+        return [out]
+
+    res = run_sharded(
+        run_dir.eval_pm_scores, config={"titles": titles},
+        inputs={"pm": model_identity(str(pm_dir)), "chains": sha256_json(chains),
+                "answers": sha256_json(harm_answers),
+                "pairs": sha256_file(cfg.human_pairs) if cfg.human_pairs else None},
+        items=[0], chunk_size=1, process=score, log=log)
+    return read_output(res.output)[0]
 
 
 def _pm_accuracy(pm, pairs_path: str) -> dict:
@@ -356,60 +345,36 @@ def _pm_accuracy(pm, pairs_path: str) -> dict:
             "file": pairs_path}
 
 
-# -- the numbers and files -----------------------------------------------------------------
+# -- the files --------------------------------------------------------------------------
 
-def summarize(cfg, models, judged, evasive, mc, pm, feedback, answers=None) -> dict:
-    from constitutional.evals import evasiveness as ev
-    from constitutional.evals.multiple_choice import summarize as mc_summary
-    from constitutional.evals.verdict import refusal_rates, verdict
-
-    titles = [m.title for m in models]
-    axes = {axis: axis_result(titles, rows, cfg.bootstrap, cfg.seed)
-            for axis, rows in judged.items()}
-    out = {"models": [m.model_dump() | {"label": m.title} for m in models], "axes": axes,
-           "evasiveness": {t: ev.summarize([r for r in evasive if r["model"] == t])
-                           for t in titles} if evasive else {},
-           "benchmarks": {b: {t: mc_summary(rows) for t, rows in per.items()}
-                          for b, per in mc.items()},
-           "ablation": pm.get("ablation", {}), "pm_reward": pm.get("reward", {}),
-           "pm_accuracy": pm.get("pm_accuracy"), "feedback_accuracy": feedback}
-    refusals = {axis: refusal_rates(titles, per_model) for axis, per_model in
-                (answers or {}).items()}
-    out["refusals"] = refusals
-    out["verdict"] = verdict(titles, judged, refusals, out["evasiveness"], cfg.bootstrap,
-                             cfg.seed)
-    if {"harmlessness", "helpfulness"} <= set(axes):
-        out["frontier"] = frontier_points(models, axes)
-    return out
-
-
-def frontier_points(models: list[EvalModel], axes: dict) -> list[dict]:
-    h, p = axes["harmlessness"], axes["helpfulness"]
-    return [{"label": m.title, "harmlessness": h["elo"][i], "helpfulness": p["elo"][i],
-             "harmlessness_ci": h["ci95"][i], "helpfulness_ci": p["ci95"][i],
-             "lines": m.lines} for i, m in enumerate(models)]
-
-
-def frontier_csv(points: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "lines", "harmlessness_elo", "harmlessness_lo", "harmlessness_hi",
-                "helpfulness_elo", "helpfulness_lo", "helpfulness_hi"])
-    for p in points:
-        w.writerow([p["label"], ";".join(p["lines"]), f"{p['harmlessness']:.1f}",
-                    *(f"{x:.1f}" for x in p["harmlessness_ci"]), f"{p['helpfulness']:.1f}",
-                    *(f"{x:.1f}" for x in p["helpfulness_ci"])])
-    return buf.getvalue()
-
-
-def write_outputs(folder: Path, summary: dict) -> None:
+def write_outputs(run_dir: RunDir | Path, summary: dict) -> None:
     from constitutional.evals.plots import ablation_png, frontier_png
 
+    run = RunDir.of(run_dir)
     if summary.get("frontier"):
         points = summary["frontier"]
         lines = list(dict.fromkeys(x for p in points for x in p["lines"]))
-        write_atomic(folder / "frontier.csv", frontier_csv(points))
-        write_atomic(folder / "frontier.png", frontier_png(points, lines))
+        write_atomic(run.eval_file("frontier.csv"), frontier_csv(points))
+        write_atomic(run.eval_file("frontier.png"), frontier_png(points, lines))
     if summary.get("ablation"):
-        write_atomic(folder / "ablation.png", ablation_png(summary["ablation"]))
-    write_json_atomic(folder / "summary.json", summary)
+        write_atomic(run.eval_file("ablation.png"), ablation_png(summary["ablation"]))
+    write_json_atomic(run.eval_summary, summary)
+
+
+# -- the recipe stage ------------------------------------------------------------------------
+
+class Section(StrictModel):
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+FAKE = ("eval.judge", "eval.answer_model")
+
+
+def run(cfg, run: RunDir, models) -> list[StageResult]:
+    """Win rates, Elo and evasiveness of base, SL-CAI and RL-CAI on held-out prompts (eval/)."""
+    from constitutional.stages.registry import SELF_ALIGN_STAGES
+
+    base = cfg.selfalign.model.name if set(cfg.stages) & set(SELF_ALIGN_STAGES) \
+        else cfg.sft.model.name
+    return [run_eval(cfg.eval, run, models.load, run.log, critique=cfg.critique,
+                     label=cfg.label, base=base, rl_method=cfg.rl.method)]
