@@ -10,9 +10,9 @@ A stage is a module in stages/ that exports:
     FAKE      dotted paths of the ModelConfigs `--dry-run` points at the fake backend
     DISTRIBUTED  True for the stages that run under `accelerate launch` (default False)
 
-and is registered with one line in stages/registry.py. Its first docstring line is its help
-in `cai run --help`. Resume is the stage's folder (artifacts.StageDir): a finished stage with
-the same fingerprint is reused, an unfinished one continues.
+and is registered with one line in stages/registry.py. The first line of `run`'s docstring is
+its line in `cai stages`. Resume is the stage's folder (artifacts.StageDir): a finished step
+with the same fingerprint is reused, an unfinished one continues (`StageDir.reuse_or_reset`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`cai run RECIPE`: the stages of a recipe in order, in one run folder.
 
-The stages and what each writes are in stages/registry.py (`cai run --help` lists them); the
+The stages and what each writes are in stages/registry.py (`cai stages` lists them); the
 recipe's config class is the union of their sections, with `roles` and `stages` on top. Each
 stage reads the previous ones' artifacts through the RunDir and is itself resumable, so a
 killed run started again reuses every finished stage and resumes the one it was in. The
@@ -36,8 +36,8 @@ class RecipeBase(StrictModel):
                                       "the feedback model (critic, labeler, judge); None: "
                                       "each section names its own model.")
     stages: list[str] = Field(default_factory=lambda: list(registry.DEFAULT_STAGES),
-                              description="Stages this recipe runs, in order (see `cai run "
-                              "--help`).")
+                              description="Stages this recipe runs, in order (see `cai "
+                              "stages`).")
 
     @field_validator("stages")
     @classmethod
