@@ -36,8 +36,9 @@ def test_limit(tmp_path):
     ('{"prompt": 3}\n', ":1: prompt:", "must be a string"),
     ('[1, 2]\n', ":1:", "expected a JSON object"),
     ('{"id": "x", "prompt": "a"}\n{"id": "x", "prompt": "b"}\n', ":2: id:", "duplicate id"),
-    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n',
+    ('{"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "b"}]}\n',
      ":1: messages:", "last message must be a non-empty user turn"),
+    ('{"messages": [{"role": "assistant", "content": "b"}]}\n', ":1: messages:", "non-empty list"),
     ('{"messages": [{"role": "robot", "content": "a"}]}\n', ":1: messages[0]:", "role"),
 ])
 def test_bad_rows(tmp_path, content, where, what):

@@ -168,12 +168,12 @@ def test_export_both_shapes_with_a_card(tmp_path):
     import datasets
 
     ds = datasets.load_dataset("parquet", data_files=str(out / "pairs.parquet"))["train"]
-    assert ds.num_rows == 2 and ds[1]["prompt"] == "Bad 1?"
+    assert ds.num_rows == 2 and ds[1]["prompt"] == [{"role": "user", "content": "Bad 1?"}]
     card = (out / "README.md").read_text()
     assert "harmless v1" in card and "`smollm2-135m`" in card and "flagged rows left out" in card
     assert "data_files: pairs.parquet" in card
     m = json.loads((out / "manifest.json").read_text())
-    assert m["status"] == "complete" and m["rows"] == 2
+    assert m["status"] == "complete" and m["rows"] == {"sft": 2, "pairs": 2}
     assert m["inputs"]["critique"] == sha256_file(tmp_path / "run/critique/output.jsonl")
     assert set(m["files"]) == {"sft.jsonl", "pairs.jsonl", "sft.parquet", "pairs.parquet",
                                "README.md"}

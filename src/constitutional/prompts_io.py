@@ -1,4 +1,10 @@
-"""Prompt files: JSONL rows with a `prompt` string (or a `messages` chat), validated per line.
+"""Prompt sets: rows with a `prompt` (a string, or TRL's list of messages) or a `messages` chat.
+
+A prompt set is any source `datasource.py` reads (JSONL, parquet, a saved dataset, a hub id).
+A `messages` chat that ends with a user turn is the prompt. A row of an SFT or
+prompt-completion dataset is read as its prompt: `prompt` (a `completion` beside it is
+ignored), else `messages` up to its last user turn (the assistant replies after it are the
+dataset's answers, not part of the prompt).
 
 `bundled:redteam` and `bundled:helpful` name the example prompts shipped with the package
 (written for this project); `bundled:redteam_eval` and `bundled:helpful_eval` are held-out
@@ -13,8 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from constitutional.datasource import Source, read_rows, source
 from constitutional.errors import InputError
-from constitutional.jsonio import read_jsonl
 
 BUNDLED = {"redteam": "redteam_prompts.jsonl", "helpful": "helpful_prompts.jsonl",
            "redteam_eval": "redteam_eval_prompts.jsonl",
@@ -44,6 +50,11 @@ def resolve_prompts_path(spec: str) -> Path:
     return bundled_data_path(spec, BUNDLED, "prompt set")
 
 
+def prompts_source(spec: str) -> Source:
+    """The source a prompt spec names (`bundled:` sets resolved to their packaged file)."""
+    return source(resolve_prompts_path(spec))
+
+
 def bundled_data_path(spec: str, table: dict[str, str], kind: str) -> Path:
     """`bundled:<key>` -> the packaged file `data/<table[key]>`; anything else is a path."""
     if spec.startswith("bundled:"):
@@ -54,11 +65,12 @@ def bundled_data_path(spec: str, table: dict[str, str], kind: str) -> Path:
     return Path(spec)
 
 
-def load_prompts(spec: str, limit: int | None = None) -> tuple[Path, list[PromptRow]]:
-    path = resolve_prompts_path(spec)
+def load_prompts(spec: str, limit: int | None = None) -> tuple[Source, list[PromptRow]]:
+    """The prompt set's source (hash it with `datasource.digest`) and its rows."""
+    path = prompts_source(spec)
     rows: list[PromptRow] = []
     seen: set[str] = set()
-    for lineno, obj in read_jsonl(path):
+    for lineno, obj in read_rows(path):
         rid = str(obj.get("id", f"line-{lineno}"))
         if rid in seen:
             raise InputError(f"duplicate id {rid!r}", path=str(path), line=lineno, field="id")
@@ -72,26 +84,38 @@ def load_prompts(spec: str, limit: int | None = None) -> tuple[Path, list[Prompt
 
 
 def _messages(obj: dict[str, Any], path: str, line: int) -> list[dict[str, str]]:
+    msgs = obj.get("messages")
+    ends_with_user = isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and \
+        msgs[-1].get("role") == "user"
+    if "prompt" in obj and not ends_with_user:
+        prompt = obj["prompt"]
+        if isinstance(prompt, list):
+            return _chat(prompt, path, line, "prompt")
+        if not isinstance(prompt, str):
+            raise InputError(f"must be a string or a list of messages, got "
+                             f"{type(prompt).__name__}", path=path, line=line, field="prompt")
+        if not prompt.strip():
+            raise InputError("empty prompt", path=path, line=line, field="prompt")
+        return [{"role": "user", "content": prompt}]
     if "messages" in obj:
         msgs = obj["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise InputError("must be a non-empty list", path=path, line=line, field="messages")
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or \
-                    not isinstance(m.get("content"), str):
-                raise InputError("each message needs a role (system/user/assistant) and a "
-                                 "string content", path=path, line=line, field=f"messages[{i}]")
-        if msgs[-1]["role"] != "user" or not msgs[-1]["content"].strip():
-            raise InputError("the last message must be a non-empty user turn", path=path,
-                             line=line, field="messages")
-        return [{"role": m["role"], "content": m["content"]} for m in msgs]
-    if "prompt" not in obj:
-        raise InputError("missing field (each row needs `prompt`, or `messages`)", path=path,
-                         line=line, field="prompt")
-    prompt = obj["prompt"]
-    if not isinstance(prompt, str):
-        raise InputError(f"must be a string, got {type(prompt).__name__}", path=path,
-                         line=line, field="prompt")
-    if not prompt.strip():
-        raise InputError("empty prompt", path=path, line=line, field="prompt")
-    return [{"role": "user", "content": prompt}]
+        if isinstance(msgs, list):      # an SFT row: the conversation before its answers
+            while msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
+                msgs = msgs[:-1]
+        return _chat(msgs, path, line, "messages")
+    raise InputError("missing field (each row needs `prompt`, or `messages`)", path=path,
+                     line=line, field="prompt")
+
+
+def _chat(msgs: Any, path: str, line: int, field: str) -> list[dict[str, str]]:
+    if not isinstance(msgs, list) or not msgs:
+        raise InputError("must be a non-empty list", path=path, line=line, field=field)
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or \
+                not isinstance(m.get("content"), str):
+            raise InputError("each message needs a role (system/user/assistant) and a "
+                             "string content", path=path, line=line, field=f"{field}[{i}]")
+    if msgs[-1]["role"] != "user" or not msgs[-1]["content"].strip():
+        raise InputError("the last message must be a non-empty user turn", path=path,
+                         line=line, field=field)
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]

@@ -164,11 +164,12 @@ def score_cmd(
 ):
     """Score (prompt, answer) rows with a preference model."""
     from constitutional.errors import InputError
-    from constitutional.jsonio import read_jsonl, write_jsonl_atomic
+    from constitutional.datasource import read_rows
+    from constitutional.jsonio import write_jsonl_atomic
     from constitutional.train.pm import PreferenceModel
 
     rows, convs, answers = [], [], []
-    for line, r in read_jsonl(input_path):
+    for line, r in read_rows(input_path):
         answer = r.get("response", r.get("completion"))
         if not isinstance(answer, str):
             raise InputError("missing", path=str(input_path), line=line, field="response")

@@ -99,21 +99,35 @@ def critique_summary(result, show: int) -> None:
 
 @app.command("export")
 def export_cmd(
-    run: Path = typer.Option(..., "--run", help="Run folder with a finished critique stage."),
+    run: Path = typer.Option(..., "--run", help="Run folder with a finished critique and/or "
+                             "label stage."),
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Default: RUN/export."),
     include_flagged: bool = typer.Option(False, "--include-flagged"),
     parquet: bool = typer.Option(True, "--parquet/--no-parquet"),
+    save_to_disk: bool = typer.Option(False, "--save-to-disk", help="Also write each dataset "
+                                      "as a `datasets.load_from_disk` folder (OUT/sft/, ...)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="Also push the "
+                                              "datasets (one config each) and the card to "
+                                              "this hub dataset repo (needs a network and "
+                                              "a token)."),
 ):
-    """Write the revisions as HF datasets (sft: messages; pairs: prompt/chosen/rejected) + card."""
-    from constitutional.export import export_revisions
+    """Write the run's data as HF datasets with a card: sft (messages), pairs (revision over
+    original) and labelled (the AI-labelled pairs), each prompt/chosen/rejected as TRL reads."""
+    from constitutional.export import export_run
 
-    counts = export_revisions(run, out_dir, include_flagged, parquet)
+    counts = export_run(run, out_dir, include_flagged, parquet, save_to_disk, push_to_hub)
     from constitutional.rundir import RunDir
 
     where = out_dir or RunDir(run).export
-    out.print(f"exported {counts['exported']} of {counts['rows']} rows to {where} "
-              f"(sft.jsonl, pairs.jsonl{', .parquet' if parquet else ''}, README.md)",
-              highlight=False)
+    parts = []
+    if "critique" in counts:
+        c = counts["critique"]
+        parts.append(f"sft + pairs: {c['exported']} of {c['rows']} revisions")
+    if "label" in counts:
+        parts.append(f"labelled: {counts['label']['pairs']} pairs")
+    out.print(f"exported {'; '.join(parts)} -> {where} (.jsonl"
+              f"{', .parquet' if parquet else ''}{', folders' if save_to_disk else ''}, "
+              "README.md)", highlight=False)
 
 
 @app.command("train-sft")

@@ -1,15 +1,18 @@
 """Multiple-choice benchmarks scored by the log-likelihood of each choice (no generation).
 
 Formats read (the first one that fits each file):
-- TruthfulQA MC1 style, JSONL: {"question", "choices": [...], "correct_index"};
-- HHH pairs, JSONL: {"prompt", "better", "worse"} (or any comparison row `cai label` reads
+- TruthfulQA MC1 style: {"question", "choices": [...], "correct_index"};
+- the CAI paper's released multiple-choice evals: {"prompt", "corrects": [...],
+  "incorrects": [...]}, where any of the correct answers counts (the prompt is an HH
+  transcript ending with "Assistant:", or a plain question);
+- HHH pairs: {"prompt", "better", "worse"} (or any comparison row `cai label` reads
   with a human label): the question is the conversation, the choices the two answers;
 - BIG-bench JSON (`hhh_alignment/*/task.json`): {"examples": [{"input", "target_scores"}]}.
 
 Each question's choices are scored by `score_choices` in one forward pass: the log-probability
 of each choice as the continuation of "Q: <question>\\nA:" (or of the HH transcript and
-"Assistant:"), over the tokens that tell the choices apart. Accuracy counts the choice with the
-highest log-likelihood; `accuracy_norm` divides it by the choice's length in characters first
+"Assistant:"), over the tokens that tell the choices apart. A question counts as right when
+a correct choice has the highest log-likelihood; `accuracy_norm` divides it by the choice's length in characters first
 (longer answers are not penalized for their length), as the usual harnesses report both.
 """
 
@@ -22,7 +25,7 @@ from pathlib import Path
 from constitutional.errors import InputError
 from constitutional.evals.metrics import bootstrap_ci
 from constitutional.feedback import conversation_text
-from constitutional.jsonio import read_jsonl
+from constitutional.datasource import read_rows
 
 
 @dataclass(frozen=True)
@@ -30,16 +33,24 @@ class MCItem:
     id: str
     prompt: str             # the text the choices continue
     choices: tuple[str, ...]
-    correct: int
+    correct: int                       # a correct choice (the first one)
+    corrects: tuple[int, ...] = ()     # every correct choice (empty: just `correct`)
+
+    @property
+    def right(self) -> tuple[int, ...]:
+        return self.corrects or (self.correct,)
 
 
 def load_mc(path: str | Path) -> list[MCItem]:
-    path = Path(path)
-    if path.suffix == ".json":
-        return _bigbench(path)
+    """The questions of a benchmark file (JSONL, a BIG-bench task JSON, or any dataset source
+    `datasource.py` reads)."""
+    if Path(path).suffix == ".json" and Path(path).is_file() and _is_bigbench(Path(path)):
+        return _bigbench(Path(path))
     items = []
-    for line, obj in read_jsonl(path):
-        if "choices" in obj or "question" in obj:
+    for line, obj in read_rows(path):
+        if "corrects" in obj or "incorrects" in obj:
+            items.append(_released(obj, str(path), line))
+        elif "choices" in obj or "question" in obj:
             items.append(_truthfulqa(obj, str(path), line))
         else:
             items.append(_comparison(obj, str(path), line))
@@ -63,19 +74,45 @@ def _truthfulqa(obj: dict, path: str, line: int) -> MCItem:
                   tuple(c.strip() for c in choices), k)
 
 
-def _comparison(obj: dict, path: str, line: int) -> MCItem:
-    from constitutional.comparisons import _conversation, _text
+def _released(obj: dict, path: str, line: int) -> MCItem:
+    from constitutional.comparisons import _conversation
 
-    conv = _conversation(obj, path, line)
-    if "better" in obj:
-        a, b = _text(obj, "better", path, line), _text(obj, "worse", path, line)
-    elif "chosen" in obj:
-        a, b = _text(obj, "chosen", path, line), _text(obj, "rejected", path, line)
+    lists = {}
+    for key in ("corrects", "incorrects"):
+        v = obj.get(key)
+        if not isinstance(v, list) or not v or not all(isinstance(c, str) and c.strip()
+                                                       for c in v):
+            raise InputError("expected a non-empty list of non-empty strings", path=path,
+                             line=line, field=key)
+        lists[key] = [c.strip() for c in v]
+    prompt = obj.get("prompt")
+    if isinstance(prompt, str) and "Human:" not in prompt and prompt.strip():
+        text = f"Q: {prompt.strip()}\nA:"
     else:
-        raise InputError("not a multiple-choice row: expected question/choices/correct_index "
-                         "or prompt/better/worse", path=path, line=line)
+        text = conversation_text(_conversation(obj, path, line)) + "\n\nAssistant:"
+    choices = tuple(lists["corrects"] + lists["incorrects"])
+    return MCItem(str(obj.get("id", f"line{line}")), text, choices, 0,
+                  tuple(range(len(lists["corrects"]))))
+
+
+def _comparison(obj: dict, path: str, line: int) -> MCItem:
+    from constitutional.comparisons import comparison
+
+    if "better" not in obj and "chosen" not in obj:
+        raise InputError("not a multiple-choice row: expected question/choices/correct_index, "
+                         "prompt/corrects/incorrects or prompt/better/worse", path=path,
+                         line=line)
+    c = comparison(obj, path, line)
     return MCItem(str(obj.get("id", f"line{line}")),
-                  conversation_text(conv) + "\n\nAssistant:", (a, b), 0)
+                  conversation_text(c.conversation) + "\n\nAssistant:", (c.a, c.b), 0)
+
+
+def _is_bigbench(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict)
 
 
 def _bigbench(path: Path) -> list[MCItem]:
@@ -111,14 +148,15 @@ def score(backend, items: list[MCItem]) -> list[dict]:
         norm = [x / max(1, len(c)) for x, c in zip(lp, it.choices)]
         pred_norm = max(range(len(norm)), key=lambda i: norm[i])
         rows.append({"id": it.id, "logprobs": [round(x, 5) for x in lp], "correct": it.correct,
-                     "pred": pred, "pred_norm": pred_norm})
+                     "corrects": list(it.right), "pred": pred, "pred_norm": pred_norm})
     return rows
 
 
 def summarize(rows: list[dict]) -> dict:
-    acc = [float(r["pred"] == r["correct"]) for r in rows]
-    acc_n = [float(r["pred_norm"] == r["correct"]) for r in rows]
-    chance = sum(1.0 / len(r["logprobs"]) for r in rows) / max(1, len(rows))
+    right = [set(r.get("corrects") or [r["correct"]]) for r in rows]
+    acc = [float(r["pred"] in ok) for r, ok in zip(rows, right)]
+    acc_n = [float(r["pred_norm"] in ok) for r, ok in zip(rows, right)]
+    chance = sum(len(ok) / len(r["logprobs"]) for r, ok in zip(rows, right)) / max(1, len(rows))
     return {"n": len(rows), "accuracy": sum(acc) / len(acc), "ci95": list(bootstrap_ci(acc)),
             "accuracy_norm": sum(acc_n) / len(acc_n), "ci95_norm": list(bootstrap_ci(acc_n)),
             "chance": chance}

@@ -19,7 +19,7 @@ import re
 from typing import Sequence
 
 from constitutional.errors import InputError
-from constitutional.jsonio import read_jsonl
+from constitutional.datasource import read_rows
 from constitutional.prompts_io import bundled_data_path
 
 # Self-Instruct's filter: tasks a text-only model cannot do or answer.
@@ -32,7 +32,7 @@ def load_seed_tasks(spec: str) -> list[str]:
     """Instructions from a self-instruct seed file (`instruction` per row)."""
     path = bundled_data_path(spec, {"seed_tasks": "seed_tasks.jsonl"}, "seed tasks")
     out = []
-    for line, row in read_jsonl(path):
+    for line, row in read_rows(path):
         text = row.get("instruction")
         if not isinstance(text, str) or not text.strip():
             raise InputError("missing or empty", path=str(path), line=line, field="instruction")

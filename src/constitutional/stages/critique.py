@@ -38,7 +38,7 @@ from constitutional.config import (NOT_RESULTS, ModelConfig, SamplingConfig, Str
                                    results_config)
 from constitutional.constitution import Constitution, draw_principles, load_constitution
 from constitutional.errors import InputError
-from constitutional.jsonio import sha256_file
+from constitutional.datasource import digest
 from constitutional.prompts_io import PromptRow, load_prompts
 from constitutional.transcripts import (DEFAULT_STOPS, Turn, clean_reply,
                                         exemplar_turns, from_messages, render)
@@ -143,7 +143,7 @@ def run_critique(cfg: CritiqueConfig, run_dir: str | Path, get_backend: Callable
         critic = get_critic() if cfg.critic is not None else backend
         return critique_chunk(backend, chunk, constitution, shots, cfg, advance, critic)
 
-    inputs = {"prompts": sha256_file(ppath), "model": model_identity(cfg.model.name),
+    inputs = {"prompts": digest(ppath), "model": model_identity(cfg.model.name),
               "constitution": constitution.fingerprint()}
     if cfg.critic is not None:
         inputs["critic"] = model_identity(cfg.critic.name)

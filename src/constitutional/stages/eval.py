@@ -30,7 +30,8 @@ from constitutional.config import (GenerateConfig, ModelConfig, SamplingConfig, 
 from constitutional.errors import InputError
 from constitutional.evals.compare import AXES, judge_constitution, pairwise_comparisons
 from constitutional.evals.summary import frontier_csv, summarize
-from constitutional.jsonio import sha256_file, sha256_json, write_atomic, write_json_atomic
+from constitutional.datasource import digest
+from constitutional.jsonio import sha256_json, write_atomic, write_json_atomic
 from constitutional.rundir import RunDir, slug
 
 STAGE = "eval"
@@ -204,7 +205,7 @@ def _mc(bench: str, m: EvalModel, mcfg, run_dir, backends, log) -> list[dict]:
     items = load_mc(path)
     stage = run_dir.eval_mc(path.stem, m.title)
     res = run_model_stage(stage, config={"benchmark": path.name},
-                          inputs={"benchmark": sha256_file(path),
+                          inputs={"benchmark": digest(path),
                                   "model": model_identity(m.name)},
                           items=items, chunk_size=64, get_backend=backends.loader(mcfg),
                           work=counted(score),
@@ -286,7 +287,7 @@ def _feedback_accuracy(cfg, label, run_dir, backends, log) -> dict | None:
     labeler = Labeler(label, constitution)
     res = run_model_stage(
         run_dir.eval_feedback_accuracy, config=results_config(label),
-        inputs={"pairs": sha256_file(cfg.human_pairs), "model": model_identity(label.model.name),
+        inputs={"pairs": digest(cfg.human_pairs), "model": model_identity(label.model.name),
                 "constitution": constitution.fingerprint()},
         items=pairs, chunk_size=64, get_backend=backends.loader(label.model),
         work=counted(labeler.label), total=len(pairs), unit="pairs", log=log)
@@ -326,7 +327,7 @@ def _pm_numbers(cfg, run_dir, chains, titles, harm_answers, log) -> dict:
         run_dir.eval_pm_scores, config={"titles": titles},
         inputs={"pm": model_identity(str(pm_dir)), "chains": sha256_json(chains),
                 "answers": sha256_json(harm_answers),
-                "pairs": sha256_file(cfg.human_pairs) if cfg.human_pairs else None},
+                "pairs": digest(cfg.human_pairs) if cfg.human_pairs else None},
         items=[0], chunk_size=1, process=score, log=log)
     return read_output(res.output)[0]
 

@@ -13,7 +13,7 @@ from constitutional.artifacts import StageDir, StageResult, model_identity, run_
 from constitutional.rundir import RunDir
 from constitutional.backends.base import Sampling
 from constitutional.config import GenerateConfig, results_config
-from constitutional.jsonio import sha256_file
+from constitutional.datasource import digest
 from constitutional.prompts_io import PromptRow, conversation, load_prompts
 
 
@@ -38,7 +38,7 @@ def run_generate(cfg: GenerateConfig, run_dir: str | Path, get_backend: Callable
                  "prompt_tokens": c.prompt_tokens, "completion_tokens": c.tokens}
                 for r, cs in zip(chunk, outs) for j, c in enumerate(cs)]
 
-    inputs = {"prompts": sha256_file(path), "model": model_identity(cfg.model.name)}
+    inputs = {"prompts": digest(path), "model": model_identity(cfg.model.name)}
     return run_model_stage(stage, config=stage_cfg, inputs=inputs,
                            items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend,
                            work=work, total=len(rows) * sampling.n, unit="completions",

@@ -16,7 +16,7 @@ from constitutional.artifacts import StageResult, model_identity, run_model_stag
 from constitutional.comparisons import Comparison, load_comparisons
 from constitutional.config import StrictModel, results_config
 from constitutional.constitution import load_constitution
-from constitutional.jsonio import sha256_file
+from constitutional.datasource import digest
 from constitutional.labeling import LabelConfig, Labeler
 from constitutional.rundir import RunDir
 from constitutional.stages.base import require_sl_model
@@ -45,7 +45,7 @@ def run_label(cfg: LabelConfig, run_dir: str | Path, get_backend: Callable[[], o
         return out
 
     return run_model_stage(stage, config=stage_cfg,
-                           inputs={"pairs": sha256_file(pairs_path),
+                           inputs={"pairs": digest(pairs_path),
                                    "model": model_identity(cfg.model.name),
                                    "constitution": constitution.fingerprint()},
                            items=pairs, chunk_size=cfg.chunk_size, get_backend=get_backend,

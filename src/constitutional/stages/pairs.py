@@ -18,7 +18,7 @@ from constitutional.artifacts import StageResult, model_identity, run_model_stag
 from constitutional.backends.base import Sampling
 from constitutional.config import (NOT_RESULTS, ModelConfig, SamplingConfig, StrictModel,
                                    results_config)
-from constitutional.jsonio import sha256_file
+from constitutional.datasource import digest
 from constitutional.prompts_io import PromptRow, conversation, load_prompts
 from constitutional.rundir import RunDir
 from constitutional.stages.base import require_sl_model
@@ -64,7 +64,7 @@ def run_pairs(cfg: PairsConfig, run_dir: str | Path, get_backend: Callable[[], o
         advance(len(chunk))
         return out
 
-    inputs = {"prompts": sha256_file(path), "policy": model_identity(cfg.model.name)}
+    inputs = {"prompts": digest(path), "policy": model_identity(cfg.model.name)}
     return run_model_stage(stage, config=stage_cfg, inputs=inputs,
                            items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend,
                            work=work, total=len(rows), unit="prompts", log=log)

@@ -27,7 +27,7 @@ from pydantic import Field
 from constitutional.artifacts import StageDir, StageResult, model_identity
 from constitutional.config import NOT_RESULTS, results_config
 from constitutional.errors import InputError
-from constitutional.jsonio import sha256_file
+from constitutional.datasource import digest, source
 from constitutional.rundir import RunDir
 from constitutional.train.pm_data import ai_label_examples, revision_pair_examples
 from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
@@ -87,11 +87,13 @@ def run_dpo(cfg: DPOTrainConfig, run_dir: str | Path,
             log: Callable[[str], None] = print) -> StageResult:
     sources = pair_sources(cfg, run_dir)
     for kind, path in sources.items():
-        if not Path(path).is_file():
+        try:
+            source(path)
+        except InputError:
             raise InputError(f"no {kind} to train DPO on (run the "
                              f"{'label' if kind == 'labels' else 'sl-cai'} stage first)",
-                             path=path, field="rl.dpo.pairs")
-    inputs = {**{k: sha256_file(p) for k, p in sources.items()},
+                             path=path, field="rl.dpo.pairs") from None
+    inputs = {**{k: digest(p) for k, p in sources.items()},
               "policy": model_identity(cfg.model.name)}
 
     def train(rows, stage: StageDir, lg) -> list[dict]:

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from constitutional.artifacts import StageDir, StageResult, model_identity
 from constitutional.config import NOT_RESULTS, results_config
-from constitutional.jsonio import sha256_file
+from constitutional.datasource import digest
 from constitutional.rundir import RunDir
 from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
 from constitutional.train.stage import run_training_stage, train_and_save
@@ -53,7 +53,7 @@ def run_grpo(cfg: GRPOTrainConfig, run_dir: str | Path, log: Callable[[str], Non
     run = RunDir.of(run_dir)
     pm_path = cfg.reward_model or str(run.pm_model)
     ppath, rows = load_prompts(cfg.prompts, cfg.limit)
-    inputs = {"prompts": sha256_file(ppath), "reward_model": model_identity(pm_path),
+    inputs = {"prompts": digest(ppath), "reward_model": model_identity(pm_path),
               "policy": model_identity(cfg.model.name)}
 
     def train(data, stage: StageDir, lg) -> list[dict]:

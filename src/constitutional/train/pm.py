@@ -21,7 +21,7 @@ from pydantic import Field
 from constitutional.artifacts import StageDir, StageResult, model_identity
 from constitutional.config import NOT_RESULTS, StrictModel, results_config
 from constitutional.errors import InputError
-from constitutional.jsonio import sha256_file
+from constitutional.datasource import digest
 from constitutional.rundir import RunDir
 from constitutional.train.pm_data import (ai_label_examples, held_out, human_examples, mix,
                                           pmp_examples)
@@ -72,11 +72,11 @@ def run_pm(cfg: PMTrainConfig, run_dir: str | Path,
            log: Callable[[str], None] = print) -> StageResult:
     run = RunDir.of(run_dir)
     labels = cfg.labels or str(run.labels.output)
-    inputs = {"labels": sha256_file(labels), "base": model_identity(cfg.model.name)}
+    inputs = {"labels": digest(labels), "base": model_identity(cfg.model.name)}
     if cfg.helpful:
-        inputs["helpful"] = sha256_file(cfg.helpful)
+        inputs["helpful"] = digest(cfg.helpful)
     if cfg.pmp:
-        inputs["pmp"] = sha256_file(cfg.pmp.data)
+        inputs["pmp"] = digest(cfg.pmp.data)
 
     def train(rows, stage: StageDir, lg) -> list[dict]:
         init = None

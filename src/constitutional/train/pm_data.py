@@ -6,7 +6,7 @@ is the probability that `chosen` is the better answer. (TRL's preference collato
 float per pair under `margin`; our trainer reads it as p, see train/pm.py.) Answers are
 oriented so that p >= 0.5, which makes "reward(chosen) > reward(rejected)" the accuracy.
 
-PMP (preference-model pretraining) data, one question per JSONL line:
+PMP (preference-model pretraining) data, one question per row (JSONL or any dataset source):
 
     {"question": "...", "answers": [{"text": "...", "votes": 12, "accepted": true}, ...]}
 
@@ -21,9 +21,10 @@ import math
 import random
 from pathlib import Path
 
-from constitutional.comparisons import load_comparisons
+from constitutional.comparisons import comparison, load_comparisons
+from constitutional.datasource import read_rows
 from constitutional.errors import InputError
-from constitutional.jsonio import read_jsonl, seeded_fraction
+from constitutional.jsonio import seeded_fraction
 
 VOTE_CAP = 100
 
@@ -38,33 +39,49 @@ def example(conversation, a: str, b: str, p: float, source: str, source_id: str)
 
 
 def ai_label_examples(path: str | Path, min_confidence: float = 0.0) -> list[dict]:
-    """Rows of the labels stage; pairs whose |p - 0.5| < min_confidence are left out."""
+    """AI-labelled pairs: rows of the label stage, or `cai export`'s labelled preference
+    dataset (any comparison shape with `label`, p(chosen better)); pairs whose
+    |p - 0.5| < min_confidence are left out."""
     out = []
-    for line, row in read_jsonl(path):
-        for key in ("conversation", "response_a", "response_b", "label"):
-            if key not in row:
-                raise InputError("not a labels row (run `cai label`)", path=str(path),
-                                 line=line, field=key)
-        if abs(row["label"] - 0.5) < min_confidence:
+    for line, row in read_rows(path):
+        if "response_a" in row:
+            for key in ("conversation", "response_a", "response_b", "label"):
+                if key not in row:
+                    raise InputError("not a labels row (run `cai label`)", path=str(path),
+                                     line=line, field=key)
+            conv, a, b = row["conversation"], row["response_a"], row["response_b"]
+        else:
+            c = comparison(row, str(path), line)
+            conv, a, b = c.conversation, c.a, c.b
+        p = row.get("label")
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+            raise InputError("expected the AI label, a probability in [0, 1]", path=str(path),
+                             line=line, field="label")
+        if abs(p - 0.5) < min_confidence:
             continue
-        out.append(example(row["conversation"], row["response_a"], row["response_b"],
-                           row["label"], "ai", row["id"]))
+        out.append(example(conv, a, b, p, "ai", str(row.get("id", f"line{line}"))))
     return out
 
 
+def revision_pair(row: dict) -> dict:
+    """A critique row's pair by construction: the final revision chosen over the policy's
+    original answer, as a hard label (p = 1)."""
+    conversation = [(m["role"], m["content"]) for m in row["messages"]]
+    return example(conversation, row["revision"], row["initial_response"], 1.0, "revision",
+                   f"{row['id']}#{row['sample']}")
+
+
 def revision_pair_examples(path: str | Path) -> list[dict]:
-    """Pairs by construction from a critique stage: the kept revision chosen over the policy's
-    original answer, as a hard label (p = 1). Flagged revisions are left out, as in SFT."""
+    """Pairs by construction from a critique stage (`revision_pair`). Flagged revisions, and
+    revisions equal to the original, are left out, as in SFT."""
     out = []
-    for line, row in read_jsonl(Path(path)):
+    for line, row in read_rows(path):
         for key in ("messages", "initial_response", "revision", "ok"):
             if key not in row:
                 raise InputError("not a critique output row (run `cai critique`)",
                                  path=str(path), line=line, field=key)
         if row["ok"] and row["revision"].strip() != row["initial_response"].strip():
-            conversation = [(m["role"], m["content"]) for m in row["messages"]]
-            out.append(example(conversation, row["revision"], row["initial_response"], 1.0,
-                               "revision", f"{row['id']}#{row['sample']}"))
+            out.append(revision_pair(row))
     return out
 
 
@@ -85,7 +102,7 @@ def pmp_score(votes: int, accepted: bool) -> int:
 def pmp_examples(path: str | Path, max_pairs_per_question: int | None = None,
                  seed: int = 0) -> list[dict]:
     out = []
-    for line, row in read_jsonl(path):
+    for line, row in read_rows(path):
         q, answers = row.get("question"), row.get("answers")
         if not isinstance(q, str) or not q.strip():
             raise InputError("missing or empty", path=str(path), line=line, field="question")

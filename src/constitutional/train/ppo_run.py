@@ -20,7 +20,8 @@ from typing import Callable
 from constitutional.artifacts import StageDir, StageResult, model_identity, package_versions
 from constitutional.config import results_config
 from constitutional.errors import InputError
-from constitutional.jsonio import sha256_file, sha256_json, write_atomic
+from constitutional.datasource import digest
+from constitutional.jsonio import sha256_json, write_atomic
 from constitutional.rundir import RunDir
 from constitutional.train.common import load_trainable, use_bf16
 from constitutional.train.distributed import (is_main_process, per_device_batch, rank,
@@ -56,7 +57,7 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path | RunDir,
     pm_path = cfg.reward_model or str(run.pm_model)
     ppath, rows = load_prompts(cfg.prompts, cfg.limit)
     train_rows, eval_rows = split_prompts(rows, cfg.eval_fraction, cfg.seed)
-    inputs = {"prompts": sha256_file(ppath), "reward_model": model_identity(pm_path),
+    inputs = {"prompts": digest(ppath), "reward_model": model_identity(pm_path),
               "policy": model_identity(cfg.model.name)}
     fingerprint = sha256_json({"stage": STAGE, "config": results_config(cfg),
                                "inputs": inputs})

@@ -23,7 +23,7 @@ from pydantic import Field
 from constitutional.artifacts import StageResult, model_identity
 from constitutional.config import NOT_RESULTS, results_config
 from constitutional.errors import InputError
-from constitutional.jsonio import sha256_file
+from constitutional.datasource import digest
 from constitutional.rundir import RunDir
 from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
 from constitutional.train.stage import run_training_stage, train_and_save
@@ -64,9 +64,9 @@ def run_sft(cfg: SFTTrainConfig, run_dir: str | Path,
     if not cfg.revisions:
         raise InputError("no revisions to train on: give `revisions` (a critique output)",
                          field="revisions")
-    inputs = {"revisions": sha256_file(cfg.revisions), "base": model_identity(cfg.model.name)}
+    inputs = {"revisions": digest(cfg.revisions), "base": model_identity(cfg.model.name)}
     if cfg.helpful:
-        inputs["helpful"] = sha256_file(cfg.helpful)
+        inputs["helpful"] = digest(cfg.helpful)
     return run_training_stage(
         RunDir.of(run_dir).sl, results_config(cfg), inputs, lambda: build_dataset(cfg),
         lambda rows, stage, lg: train(cfg, rows, stage.checkpoints, stage.model, lg), log)
