@@ -179,7 +179,8 @@ def test_ppo_on_two_processes_matches_one(tmp_path, tiny_llama):
     assert again.returncode == 0 and "reused" in again.stdout, again.stderr[-2000:]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    board = EventAccumulator(str(tmp_path / "one/rl/tensorboard"))
+    # accelerate's TensorBoard tracker: RUN/rl/tensorboard/<run name>/
+    board = EventAccumulator(str(tmp_path / "one/rl/tensorboard/one-rl"))
     board.Reload()
     assert [(e.step, round(e.value, 5)) for e in board.Scalars("train/reward")] == \
         [(x["step"], round(x["reward"], 5)) for x in rows("one", "log.jsonl")]

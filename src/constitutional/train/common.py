@@ -1,19 +1,32 @@
 """What every trainer shares: the training settings, LoRA, precision, and one model loader.
 
 SFT, the preference model, DPO, GRPO / RLOO and PPO each declare their config as
-`TrainSettings` (the model trained, LoRA, learning rate, batch size, precision, seed) plus, for
-the four TRL trainers, `Schedule` (epochs, max steps, accumulation, warm-up, checkpoint and
-logging steps), and their own fields. A field has one name everywhere: `model` is the model
+`TrainSettings` (the model trained, LoRA, learning rate, batch size, precision, seed, the
+trackers that watch it) plus, for the four TRL trainers, `Schedule` (epochs, max steps,
+accumulation, warm-up, checkpoint and logging steps, and `trainer_args`, any other TRL
+argument), and their own fields. `trl_config` builds a TRL config from them. A field has one name everywhere: `model` is the model
 being trained, `max_tokens` the cap on new tokens of a rollout (as in `sampling.max_tokens`).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import contextlib
+import dataclasses
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from constitutional.config import ModelConfig, StrictModel
+from constitutional.config import NOT_RESULTS, ModelConfig, StrictModel
+from constitutional.errors import InputError
+
+# report_to names (transformers' and accelerate's) -> the module that must be installed
+TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb",
+            "mlflow": "mlflow", "comet_ml": "comet_ml", "clearml": "clearml",
+            "swanlab": "swanlab"}
+Tracker = Literal["tensorboard", "trackio", "wandb", "mlflow", "comet_ml", "clearml", "swanlab"]
 
 
 class LoraSettings(StrictModel):
@@ -52,6 +65,22 @@ class TrainSettings(StrictModel):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast where the CPU has bf16 units or on GPU.")
     seed: int = 0
+    report_to: list[Tracker] = Field(
+        default_factory=list, json_schema_extra=NOT_RESULTS, description="Trackers that "
+        "watch the training as it runs, any you have installed: tensorboard (events in "
+        "RUN/<stage>/tensorboard/), trackio, wandb, mlflow, comet_ml, clearml, swanlab. "
+        "Off by default.")
+    run_name: str | None = Field(None, json_schema_extra=NOT_RESULTS, description="The run's "
+                                 "name in the trackers (default: <run folder>-<stage>).")
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, v: list[str]) -> list[str]:
+        missing = [t for t in v if importlib.util.find_spec(TRACKERS[t]) is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} not installed (pip install "
+                             f"{' '.join(missing)})")
+        return v
 
     def lr(self) -> float:
         return self.learning_rate or self.DEFAULT_LR[0 if self.lora else 1]
@@ -65,13 +94,68 @@ class Schedule(StrictModel):
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up steps.")
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps (resume point).")
     logging_steps: int = Field(5, ge=1, description="Log the loss every N steps.")
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict, description="Any other argument of the TRL config (SFTConfig, "
+        "RewardConfig, DPOConfig, GRPOConfig, RLOOConfig), passed as is: schedulers, weight "
+        "decay, `deepspeed`, GRPO's `use_vllm`, ... An argument that a field above sets is "
+        "set there instead; `output_dir` is the run folder's.")
 
-    def trainer_args(self) -> dict:
-        """The TRL/Trainer arguments these settings set."""
+    def schedule_args(self) -> dict:
+        """The TRL/Trainer arguments the schedule's fields set."""
         return dict(num_train_epochs=self.epochs, max_steps=self.max_steps,
                     gradient_accumulation_steps=self.grad_accum,
                     warmup_steps=self.warmup_steps, save_steps=self.save_steps,
                     logging_steps=self.logging_steps, save_total_limit=2)
+
+
+# TRL arguments that a field of ours sets: `trainer_args` may not set them too
+FIELD_OF = {"learning_rate": "learning_rate", "per_device_train_batch_size": "batch_size",
+            "num_train_epochs": "epochs", "max_steps": "max_steps",
+            "gradient_accumulation_steps": "grad_accum", "warmup_steps": "warmup_steps",
+            "save_steps": "save_steps", "logging_steps": "logging_steps", "seed": "seed",
+            "bf16": "precision", "report_to": "report_to", "run_name": "run_name",
+            "max_length": "max_length", "beta": "beta", "num_generations": "num_generations",
+            "max_completion_length": "max_tokens", "temperature": "temperature"}
+RUN_FOLDER_ARGS = {"output_dir", "resume_from_checkpoint", "save_strategy"}
+
+
+def trl_config(config_cls, cfg, stage_dir: Path, **ours):
+    """The TRL config of a trainer: the arguments our settings set (`ours`, the schedule,
+    seed, tracking), then the user's `trainer_args`, checked against both and against the
+    config class, with every refusal as a one-line error."""
+    args = {**ours, **cfg.schedule_args(), "seed": cfg.seed, "report_to": list(cfg.report_to),
+            "run_name": cfg.run_name or f"{stage_dir.parent.name}-{stage_dir.name}",
+            "project": "constitutional"}
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    for key, value in cfg.trainer_args.items():
+        where = f"trainer_args.{key}"
+        if key in RUN_FOLDER_ARGS:
+            raise InputError("set by the run folder (resume depends on it)", field=where)
+        if key in FIELD_OF and key in args:
+            raise InputError(f"set it as `{FIELD_OF[key]}` instead", field=where)
+        if key not in known:
+            raise InputError(f"not an argument of {config_cls.__name__}", field=where)
+        args[key] = value
+    try:
+        return config_cls(**args)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{config_cls.__name__} refused the arguments: "
+                         f"{str(e).splitlines()[0]}", field="trainer_args") from None
+
+
+@contextlib.contextmanager
+def tensorboard_dir(folder: Path):
+    """Where transformers' TensorBoard callback writes, while a Trainer is being built (it
+    reads TENSORBOARD_LOGGING_DIR then): RUN/<stage>/tensorboard, not under checkpoints/."""
+    before = os.environ.get("TENSORBOARD_LOGGING_DIR")
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(folder / "tensorboard")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TENSORBOARD_LOGGING_DIR", None)
+        else:
+            os.environ["TENSORBOARD_LOGGING_DIR"] = before
 
 
 def use_bf16(precision: str) -> bool:

@@ -30,7 +30,8 @@ from constitutional.errors import InputError
 from constitutional.datasource import digest, source
 from constitutional.rundir import RunDir
 from constitutional.train.pm_data import ai_label_examples, revision_pair_examples
-from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
+from constitutional.train.common import (Schedule, TrainSettings, load_trainable, tensorboard_dir,
+                                         trl_config, use_bf16)
 from constitutional.train.stage import run_training_stage, train_and_save
 
 STAGE = "rl"
@@ -138,16 +139,16 @@ def make_trainer(cfg: DPOTrainConfig, rows: list[dict], checkpoints: Path):
     if not cfg.lora:           # full fine-tuning needs a frozen copy; under LoRA it is free
         import copy
         ref = copy.deepcopy(model).eval().requires_grad_(False)
-    args = DPOConfig(
-        output_dir=str(checkpoints),
+    args = trl_config(
+        DPOConfig, cfg, checkpoints.parent, output_dir=str(checkpoints),
         per_device_train_batch_size=per_device_batch(cfg.batch_size),
         learning_rate=cfg.lr(), max_length=cfg.max_length, beta=cfg.beta, bf16=bf16,
-        **trainer_device_args(), activation_checkpointing=False, **cfg.trainer_args(),
-        seed=cfg.seed, report_to=[])
+        **trainer_device_args(), activation_checkpointing=False)
     data = datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected",
                                                            "soft_label")} for r in rows])
-    trainer = SoftLabelDPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data,
-                                  processing_class=tok)
+    with tensorboard_dir(checkpoints.parent):
+        trainer = SoftLabelDPOTrainer(model=model, ref_model=ref, args=args,
+                                      train_dataset=data, processing_class=tok)
     collate = trainer.data_collator
 
     def with_soft_labels(examples):

@@ -20,7 +20,8 @@ from constitutional.artifacts import StageDir, StageResult, model_identity
 from constitutional.config import NOT_RESULTS, results_config
 from constitutional.datasource import digest
 from constitutional.rundir import RunDir
-from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
+from constitutional.train.common import (Schedule, TrainSettings, load_trainable, tensorboard_dir,
+                                         trl_config, use_bf16)
 from constitutional.train.stage import run_training_stage, train_and_save
 
 STAGE = "rl"
@@ -92,13 +93,13 @@ def make_trainer(cfg: GRPOTrainConfig, rows: list[dict], checkpoints: Path, rewa
     tok.padding_side = "left"                  # generation
     config_cls, trainer_cls = (trl.GRPOConfig, trl.GRPOTrainer) if method == "grpo" else \
         (trl.RLOOConfig, trl.RLOOTrainer)
-    args = config_cls(
-        output_dir=str(checkpoints),
+    args = trl_config(
+        config_cls, cfg, checkpoints.parent, output_dir=str(checkpoints),
         per_device_train_batch_size=per_device_batch(cfg.batch_size),
         num_generations=cfg.num_generations, max_completion_length=cfg.max_tokens,
         temperature=cfg.temperature, beta=cfg.beta, learning_rate=cfg.lr(), bf16=bf16,
-        **trainer_device_args(), activation_checkpointing=False, **cfg.trainer_args(),
-        seed=cfg.seed, report_to=[])
+        **trainer_device_args(), activation_checkpointing=False)
     data = datasets.Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
-    return trainer_cls(model=model, reward_funcs=reward_fn, args=args, train_dataset=data,
-                       processing_class=tok)
+    with tensorboard_dir(checkpoints.parent):
+        return trainer_cls(model=model, reward_funcs=reward_fn, args=args, train_dataset=data,
+                           processing_class=tok)

@@ -25,7 +25,8 @@ from constitutional.datasource import digest
 from constitutional.rundir import RunDir
 from constitutional.train.pm_data import (ai_label_examples, held_out, human_examples, mix,
                                           pmp_examples)
-from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
+from constitutional.train.common import (Schedule, TrainSettings, load_trainable, tensorboard_dir,
+                                         trl_config, use_bf16)
 from constitutional.train.stage import run_training_stage, train_and_save
 
 STAGE = "pm"
@@ -141,17 +142,18 @@ def make_trainer(cfg: PMTrainConfig, train_rows: list[dict], eval_rows: list[dic
                                 bf16=bf16, seed=cfg.seed, head="score",
                                 path=str(init) if init else None)
     keys = ("prompt", "chosen", "rejected", "margin")
-    args = RewardConfig(
-        output_dir=str(checkpoints),
+    args = trl_config(
+        RewardConfig, cfg, checkpoints.parent, output_dir=str(checkpoints),
         per_device_train_batch_size=per_device_batch(cfg.batch_size),
         per_device_eval_batch_size=per_device_batch(cfg.batch_size),
         learning_rate=cfg.lr(), max_length=cfg.max_length, bf16=bf16, **trainer_device_args(),
-        activation_checkpointing=False, **cfg.trainer_args(), seed=cfg.seed, report_to=[],
-        eval_strategy="epoch" if eval_rows else "no", center_rewards_coefficient=None)
+        activation_checkpointing=False, eval_strategy="epoch" if eval_rows else "no",
+        center_rewards_coefficient=None)
     to_ds = (lambda rows: datasets.Dataset.from_list([{k: r[k] for k in keys} for r in rows]))
-    return SoftLabelRewardTrainer(model=model, args=args, train_dataset=to_ds(train_rows),
-                                  eval_dataset=to_ds(eval_rows) if eval_rows else None,
-                                  processing_class=tok)
+    with tensorboard_dir(checkpoints.parent):
+        return SoftLabelRewardTrainer(model=model, args=args, train_dataset=to_ds(train_rows),
+                                      eval_dataset=to_ds(eval_rows) if eval_rows else None,
+                                      processing_class=tok)
 
 
 class PreferenceModel:

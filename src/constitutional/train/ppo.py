@@ -24,6 +24,7 @@ alone writes the stage folder.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, ClassVar, Literal, Sequence
 
 from pydantic import Field
@@ -90,9 +91,6 @@ class PPOConfig(TrainSettings):
     snapshots: bool = Field(True, description="Save the policy at every evaluation before "
                             "the last to rl/snapshots/step-N (a LoRA adapter, or the full "
                             "model without LoRA): the frontier plot's RL checkpoints.")
-    report_to: list[Literal["tensorboard"]] = Field(
-        default_factory=list, description="['tensorboard'] also writes every iteration's "
-        "figures to RUN/rl/tensorboard (needs the tensorboard package).")
 
 
 def split_prompts(rows: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -140,7 +138,8 @@ class PPOTrainer:
     """One policy, its reference, a value model and a reward function; `step()` is one PPO
     iteration. Kept apart from the run folder so tests can drive it with a toy reward."""
 
-    def __init__(self, cfg: PPOConfig, policy, tokenizer, value_model, reward_fn: RewardFn):
+    def __init__(self, cfg: PPOConfig, policy, tokenizer, value_model, reward_fn: RewardFn,
+                 logging_dir: Path | None = None):
         import torch
 
         from constitutional.backends.transformers_backend import TransformersBackend
@@ -165,15 +164,18 @@ class PPOTrainer:
         self.kl = AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.score_stats = [0, 0.0, 0.0]          # n, mean, M2 (Welford) for normalization
         self.step_no = 0
-        self._prepare_processes()
+        self._prepare_processes(logging_dir)
 
-    def _prepare_processes(self) -> None:
+    def _prepare_processes(self, logging_dir: Path | None) -> None:
         """DDP-wrapped copies for the gradient steps under `accelerate launch`; on one
-        process accelerate hands the models back unwrapped."""
+        process accelerate hands the models back unwrapped. The same Accelerator holds the
+        trackers of `report_to` (events of tensorboard under `logging_dir`)."""
         from accelerate import Accelerator
         from accelerate.utils import DistributedType
 
-        self.acc = Accelerator(cpu=self.policy.device.type == "cpu")
+        self.acc = Accelerator(cpu=self.policy.device.type == "cpu",
+                               log_with=list(self.cfg.report_to) or None,
+                               project_dir=str(logging_dir) if logging_dir else None)
         if self.acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_GPU,
                                              DistributedType.MULTI_CPU):
             raise InputError(f"PPO runs on one process or under DDP, not "

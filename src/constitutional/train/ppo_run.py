@@ -19,7 +19,6 @@ from typing import Callable
 
 from constitutional.artifacts import StageDir, StageResult, model_identity, package_versions
 from constitutional.config import results_config
-from constitutional.errors import InputError
 from constitutional.datasource import digest
 from constitutional.jsonio import sha256_json, write_atomic
 from constitutional.rundir import RunDir
@@ -71,18 +70,18 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path | RunDir,
     if is_main_process():
         run.rl.path.mkdir(parents=True, exist_ok=True)
         run.rl.write_manifest(manifest)
-    # fails fast if the package is missing; figures go to one writer
-    board = _tensorboard(cfg, run.rl.path) if is_main_process() else \
-        (lambda row, group: None)
     torch.manual_seed(cfg.seed)
     policy, tok, value = load_models(cfg, pm_path)
-    trainer = PPOTrainer(cfg, policy, tok, value, reward_fn or pm_reward(pm_path))
+    trainer = PPOTrainer(cfg, policy, tok, value, reward_fn or pm_reward(pm_path),
+                         logging_dir=run.rl.path / "tensorboard")
+    board = trackers(trainer.acc, cfg, run)
     t0 = time.time()
     evals = iterate(cfg, trainer, run, [conversation(r, None) for r in train_rows],
                     [conversation(r, None) for r in eval_rows], board, log)
     manifest.update(status="complete", steps=cfg.steps, seconds=time.time() - t0,
                     reward_before=evals[0]["reward"], reward_after=evals[-1]["reward"],
                     kl_after=evals[-1]["kl"], output="model")
+    trainer.acc.end_training()           # flush and close the trackers
     if is_main_process():
         model = trainer.policy.merge_and_unload() if cfg.lora else trainer.policy
         save_atomically(model, tok, run.rl.model, {"stage": STAGE, "kind": "ppo"})
@@ -178,20 +177,28 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
-def _tensorboard(cfg: PPOConfig, folder: Path) -> Callable[[dict, str], None]:
-    """A function that writes one row's numbers as TensorBoard scalars (or does nothing)."""
-    if "tensorboard" not in cfg.report_to:
+def trackers(acc, cfg: PPOConfig, run: RunDir) -> Callable[[dict, str], None]:
+    """A function that logs one row's numbers to the `report_to` trackers through
+    accelerate (the main process writes; a no-op without trackers). TensorBoard events land
+    in RUN/rl/tensorboard/<run name>/."""
+    if not cfg.report_to:
         return lambda row, group: None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise InputError("report_to: tensorboard needs the tensorboard package "
-                         "(pip install tensorboard)", field="report_to") from None
-    writer = SummaryWriter(str(folder / "tensorboard"))
+    flat = {k: v for k, v in _flat(results_config(cfg)).items()
+            if isinstance(v, (int, float, str, bool))}
+    acc.init_trackers(cfg.run_name or f"{run.root.name}-{STAGE}", config=flat)
 
     def write(row: dict, group: str) -> None:
-        for k, v in row.items():
-            if k != "step" and isinstance(v, (int, float)):
-                writer.add_scalar(f"{group}/{k}", v, row["step"])
-        writer.flush()
+        acc.log({f"{group}/{k}": v for k, v in row.items()
+                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)},
+                step=row["step"])
     return write
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

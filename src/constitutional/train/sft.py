@@ -25,7 +25,8 @@ from constitutional.config import NOT_RESULTS, results_config
 from constitutional.errors import InputError
 from constitutional.datasource import digest
 from constitutional.rundir import RunDir
-from constitutional.train.common import Schedule, TrainSettings, load_trainable, use_bf16
+from constitutional.train.common import (Schedule, TrainSettings, load_trainable, tensorboard_dir,
+                                         trl_config, use_bf16)
 from constitutional.train.stage import run_training_stage, train_and_save
 
 STAGE = "sl_model"
@@ -89,16 +90,16 @@ def make_trainer(cfg: SFTTrainConfig, rows: list[dict], checkpoints: Path):
     bf16 = use_bf16(cfg.precision)
     model, tok = load_trainable(cfg.model, lora=cfg.lora_settings if cfg.lora else None,
                                 bf16=bf16, seed=cfg.seed)
-    args = SFTConfig(
-        output_dir=str(checkpoints),
+    args = trl_config(
+        SFTConfig, cfg, checkpoints.parent, output_dir=str(checkpoints),
         per_device_train_batch_size=per_device_batch(cfg.batch_size),
         learning_rate=cfg.lr(), max_length=cfg.max_length, bf16=bf16, **trainer_device_args(),
-        activation_checkpointing=cfg.activation_checkpointing, **cfg.trainer_args(),
-        seed=cfg.seed, report_to=[], completion_only_loss=True)
+        activation_checkpointing=cfg.activation_checkpointing, completion_only_loss=True)
     data = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]}
                                        for r in rows])
     trainer_cls = _completion_loss_trainer() if model.device.type == "cpu" else SFTTrainer
-    return trainer_cls(model=model, args=args, train_dataset=data, processing_class=tok)
+    with tensorboard_dir(checkpoints.parent):
+        return trainer_cls(model=model, args=args, train_dataset=data, processing_class=tok)
 
 
 def _completion_loss_trainer():
