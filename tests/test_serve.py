@@ -4,6 +4,7 @@ batching; retries, backoff and missing options on a scripted transport; the vLLM
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -38,17 +39,16 @@ def call(url: str, body: dict | None = None, token: str | None = TOKEN, raw: byt
         return e.code, e.read().decode()
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama, tmp_path_factory):
+@contextlib.contextmanager
+def serving(model, folder, *extra):
+    """A `cai serve` process on a free port; yields its /v1 URL."""
     port = free_port()
     # the server's output goes to a file: an unread pipe fills up and blocks the server
-    log = open(tmp_path_factory.mktemp("serve") / "server.log", "w+")
+    log = open(folder / "server.log", "w+")
     env = dict(os.environ, CAI_TEST_TOKEN=TOKEN, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "constitutional.cli", "serve", str(tiny_llama),
+    proc = subprocess.Popen([sys.executable, "-m", "constitutional.cli", "serve", str(model),
                              "--port", str(port), "--dtype", "float32", "--device", "cpu",
-                             "--token-env", "CAI_TEST_TOKEN", "--max-tokens", "64",
-                             "--max-request-bytes", "20000", "--batch-window", "0.2",
-                             "--max-logprobs", "512"],
+                             "--token-env", "CAI_TEST_TOKEN", *extra],
                             env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 90
@@ -65,13 +65,23 @@ def server(tiny_llama, tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError("server did not start")
-    yield url
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama, tmp_path_factory):
+    with serving(tiny_llama, tmp_path_factory.mktemp("serve"), "--max-tokens", "64",
+                 "--max-request-bytes", "20000", "--batch-window", "0.2",
+                 "--max-logprobs", "512") as url:
+        yield url
 
 
 def http_backend(url: str, monkeypatch, top_logprobs: int = 512):
@@ -249,6 +259,7 @@ def test_missing_api_key_and_urls_are_clear_errors(monkeypatch):
     from constitutional.errors import InputError
 
     monkeypatch.delenv("NOPE_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(InputError, match="NOPE_KEY"):
         load_backend(ModelConfig(backend="openai", server={"base_urls": ["http://x/v1"],
                                                            "api_key_env": "NOPE_KEY"}))
@@ -273,3 +284,137 @@ def test_vllm_backend_import_guard():
 
 async def _no_sleep(_seconds):
     return None
+
+
+# -- client and server fidelity (issue 18) ------------------------------------------------------
+
+def test_token_counts_are_the_servers_usage(server, tiny_llama, monkeypatch):
+    from constitutional.backends.base import Sampling
+
+    remote, local = http_backend(server, monkeypatch), local_backend(tiny_llama)
+    chats = [[{"role": "user", "content": "How do I bake bread?"}],
+             [{"role": "user", "content": "Name a quick fox, please."}]]
+    greedy = Sampling(temperature=0.0, max_tokens=10)
+    got, want = remote.generate(chats, greedy), local.generate(chats, greedy)
+    local_greedy = want[0][0].tokens
+    for g, w in zip(got, want):
+        assert (g[0].tokens, g[0].prompt_tokens) == (w[0].tokens, w[0].prompt_tokens)
+        assert g[0].prompt_tokens > 0 and g[0].tokens > 0
+    # with n samples per request the server's total is shared out: the totals agree
+    two = Sampling(n=2, temperature=0.9, max_tokens=12, seed=3)
+    got, want = remote.generate(chats, two), local.generate(chats, two)
+    assert [sum(c.tokens for c in g) for g in got] == [sum(c.tokens for c in w) for w in want]
+    _, body = call(server + "/chat/completions", {"messages": chats[0], "max_tokens": 10,
+                                                  "temperature": 0})
+    assert json.loads(body)["usage"]["completion_tokens"] == local_greedy
+    assert remote.stats["no_usage"] == 0
+
+
+def test_a_busy_server_answers_429_with_retry_after_and_the_client_waits(tiny_llama, tmp_path,
+                                                                        monkeypatch):
+    from constitutional.backends.base import Sampling
+
+    chats = [[{"role": "user", "content": f"Question {i}?"}] for i in range(4)]
+    greedy = Sampling(temperature=0.0, max_tokens=6)
+    with serving(tiny_llama, tmp_path, "--max-pending", "1", "--retry-after", "1",
+                 "--batch-window", "0.3") as url:
+        two = [threading.Thread(target=call, args=(url + "/chat/completions", {
+            "messages": chats[0], "max_tokens": 4})) for _ in range(2)]
+        statuses = []
+        for t in two:
+            t.start()
+        time.sleep(0.1)      # the first two requests are pending: a third is turned away
+        req = urllib.request.Request(url + "/chat/completions", method="POST", data=json.dumps(
+            {"messages": chats[0], "max_tokens": 4}).encode(), headers={
+            "Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(req, timeout=30)
+        except urllib.error.HTTPError as e:
+            statuses.append((e.code, e.headers.get("Retry-After")))
+        for t in two:
+            t.join()
+        assert statuses == [(429, "1")]
+        remote = http_backend(url, monkeypatch)
+        t0 = time.time()
+        got = remote.generate(chats, greedy)
+        elapsed = time.time() - t0
+    assert remote.stats["retries"] >= 1
+    assert remote.stats["retry_after_s"] == 1.0 * remote.stats["retries"]
+    assert elapsed >= 1.0
+    want = local_backend(tiny_llama).generate(chats, greedy)
+    assert [g[0].text for g in got] == [w[0].text for w in want]
+
+
+def test_requests_are_validated_top_k_works_and_health_needs_no_token(server):
+    msgs = [{"role": "user", "content": "Tell me about bread."}]
+    for body, where in (({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+                        ({"messages": msgs, "temperature": "hot"}, "temperature"),
+                        ({"messages": msgs, "n": 0}, "n"),
+                        ({"messages": []}, "messages"),
+                        ({"messages": msgs, "stop": 5}, "stop")):
+        status, text = call(server + "/chat/completions", body)
+        assert status == 400, (body, text)
+        assert json.loads(text)["error"]["message"].startswith(where), text
+    # unknown OpenAI fields are ignored; top_k=1 samples the greedy answer
+    greedy = json.loads(call(server + "/chat/completions", {
+        "messages": msgs, "max_tokens": 8, "temperature": 0})[1])
+    top1 = json.loads(call(server + "/chat/completions", {
+        "messages": msgs, "max_tokens": 8, "temperature": 1.0, "top_k": 1, "seed": 7,
+        "user": "someone", "presence_penalty": 0})[1])
+    assert top1["choices"][0]["message"] == greedy["choices"][0]["message"]
+    status, text = call(server.removesuffix("/v1") + "/health", token=None)
+    assert status == 200 and json.loads(text)["status"] == "ok"
+    assert call(server + "/models", token=None)[0] == 401
+
+
+def test_completions_stream_with_usage(server):
+    body = {"prompt": "Human: Tell me about bread.\n\nAssistant:", "max_tokens": 10,
+            "temperature": 0}
+    plain = json.loads(call(server + "/completions", body)[1])
+    _, stream = call(server + "/completions", {**body, "stream": True,
+                                               "stream_options": {"include_usage": True}})
+    events = [line[6:] for line in stream.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == \
+        plain["choices"][0]["text"]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+
+
+def test_openai_environment_variables_are_the_fallback(monkeypatch):
+    import httpx
+
+    from constitutional.backends.base import Sampling
+    from constitutional.backends.openai_compat import OpenAICompatBackend
+    from constitutional.config import ServerConfig
+
+    seen = []
+
+    def handler(request: httpx.Request):
+        seen.append((str(request.url), request.headers.get("authorization")))
+        return httpx.Response(200, json={
+            "choices": [{"index": 0, "text": " ok then", "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://env-host:9/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", TOKEN)
+    b = OpenAICompatBackend("m", ServerConfig(), transport=httpx.MockTransport(handler))
+    (c,), = b.generate(["Hello"], Sampling(max_tokens=4))
+    assert seen == [("http://env-host:9/v1/completions", f"Bearer {TOKEN}")]
+    assert (c.tokens, c.prompt_tokens) == (2, 3)
+    assert TOKEN not in repr(b.stats)
+
+
+def test_retry_after_and_token_sharing_helpers():
+    import email.utils
+
+    from constitutional.backends.openai_compat import retry_after, share
+
+    assert retry_after({"retry-after": "2"}) == 2.0
+    assert retry_after({"retry-after": "100000"}) == 600.0
+    assert retry_after({}) is None and retry_after({"retry-after": "soon"}) is None
+    later = email.utils.formatdate(time.time() + 5, usegmt=True)
+    assert 3.0 <= retry_after({"retry-after": later}) <= 5.0
+    assert share(10, [30, 10]) == [8, 2] and share(7, [1, 1, 1]) in ([3, 2, 2], [2, 3, 2],
+                                                                     [2, 2, 3])
+    assert sum(share(11, [5, 0, 9])) == 11 and share(4, [123]) == [4]

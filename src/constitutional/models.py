@@ -235,6 +235,12 @@ def adapter_base(folder: str | Path) -> Path | None:
     return base
 
 
+def check_model(model_cfg) -> None:
+    """Fail fast on an unknown model name, before any work starts."""
+    if model_cfg.backend in ("transformers", "vllm"):     # `openai`: the server's model id
+        resolve_model(model_cfg.name, prepare=False)
+
+
 def resolve_model(name: str, prepare: bool = True, log=print) -> ResolvedModel:
     """Map a model name to something `from_pretrained` can load, or raise a clear InputError."""
     if name in BUILTINS:

@@ -68,6 +68,20 @@ class RunDir:
     def config_file(self, name: str = "config.yaml") -> Path:
         return self.root / name
 
+    def save_config(self, cfg, name: str = "config.yaml") -> None:
+        """The config a command ran with, beside its outputs (one writer under a launcher)."""
+        from constitutional.config import dump_config
+        from constitutional.jsonio import write_atomic
+        from constitutional.train.distributed import is_main_process
+
+        if is_main_process():
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.config_file(name), dump_config(cfg))
+
+    def inputs(self, name: str) -> Path:
+        """Rows handed to a stage from Python (the API), kept so the run can resume."""
+        return self.root / "inputs" / f"{name}.jsonl"
+
     @property
     def report_md(self) -> Path:
         return self.root / "report.md"

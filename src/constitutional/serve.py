@@ -1,15 +1,24 @@
 """`cai serve MODEL`: an OpenAI-compatible server for any model the toolkit can load.
 
-Endpoints: GET /v1/models, POST /v1/chat/completions and POST /v1/completions (with `stream`,
-`n`, `temperature`, `top_p`, `max_tokens`, `stop`, `seed`; `logprobs` = top-k log-probabilities
-of the first generated token, and `echo` with `max_tokens: 0` for the log-probabilities of the
-prompt's own tokens, which is what log-likelihood scoring over HTTP needs).
+Endpoints: GET /health (no token needed), GET /v1/models, POST /v1/chat/completions and POST
+/v1/completions (with `stream`, `n`, `temperature`, `top_p`, `top_k`, `max_tokens`, `stop`,
+`seed`; `logprobs` = top-k log-probabilities of the first generated token, and `echo` with
+`max_tokens: 0` for the log-probabilities of the prompt's own tokens, which is what
+log-likelihood scoring over HTTP needs). Bodies are validated by the models of
+serve_requests.py: a bad field is a 400 that names it. `usage` counts the engine's tokens.
 
 Concurrent requests are batched: requests that arrive within `batch_window_s` and share their
 sampling settings go to the engine in one `generate` call, run in a worker thread so the
-event loop keeps accepting. Streaming sends the finished completion as server-sent events
-(the engine decodes a batch at once, not token by token). Binds 127.0.0.1 unless told
-otherwise; an optional bearer token; request size and `max_tokens` limits.
+event loop keeps accepting. More than `max_pending` requests waiting or running get a 429 with
+`Retry-After`, so clients back off instead of piling up.
+
+Streaming (`"stream": true`, both endpoints) sends server-sent events in OpenAI's chunk
+format, ending with `data: [DONE]`, and a last chunk with `usage` when `stream_options:
+{"include_usage": true}`. The engine decodes a whole batch at once, not token by token, so
+the chunks (one per word) arrive together when the completion is finished: streaming keeps
+clients that expect it working; it does not lower the time to the first token.
+Binds 127.0.0.1 unless told otherwise; an optional bearer token; request size and
+`max_tokens` limits.
 """
 
 
@@ -21,6 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from constitutional.backends.base import Sampling
+from constitutional.serve_requests import (BadRequest, ChatRequest, CompletionRequest,
+                                           parse)
 
 
 @dataclass
@@ -97,44 +108,43 @@ def prompt_logprobs(backend, text: str) -> tuple[list[str], list[float | None], 
 
 def create_app(backend, model_name: str, token: str | None = None, max_tokens: int = 1024,
                max_request_bytes: int = 1_000_000, batch_window_s: float = 0.02,
-               max_logprobs: int = 20):
+               max_logprobs: int = 20, max_pending: int = 256, retry_after_s: int = 1):
     from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
 
     app = FastAPI(title="constitutional", docs_url=None, redoc_url=None)
     app.state.batcher = Batcher(backend, batch_window_s)
+    app.state.pending = 0
 
-    _add_guards(app, token, max_request_bytes, model_name)
+    _add_guards(app, token, max_request_bytes, model_name, max_pending, retry_after_s)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        body = await _parse(request)
-        msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs or not all(
-                isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs):
-            raise _Bad("`messages` must be a non-empty list of {role, content}")
-        s = _sampling(body, max_tokens)
+        req = parse(await _parse(request), ChatRequest)
+        s = req.sampling(max_tokens)
         outs = await app.state.batcher.generate(
-            [{"role": m.get("role", "user"), "content": m["content"]} for m in msgs], s)
+            [{"role": m.role, "content": m.content} for m in req.messages], s)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        if body.get("stream"):
-            return StreamingResponse(_chat_stream(outs, rid, created, model_name),
+        if req.stream:
+            return StreamingResponse(_stream(outs, rid, created, model_name, True,
+                                             req.include_usage),
                                      media_type="text/event-stream")
         return _chat_body(outs, rid, created, model_name)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await _parse(request)
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
-            raise _Bad("`prompt` must be a non-empty string")
-        s = _sampling(body, max_tokens)
+        req = parse(await _parse(request), CompletionRequest)
+        s = req.sampling(max_tokens)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        choice = await _scored_choice(backend, body, prompt, s, max_logprobs)
+        choice = await _scored_choice(backend, req, s, max_logprobs)
         if choice is not None:
             return {"id": rid, "object": "text_completion", "created": created,
                     "model": model_name, "choices": [choice]}
-        outs = await app.state.batcher.generate(prompt, s)
+        outs = await app.state.batcher.generate(req.prompt, s)
+        if req.stream:
+            return StreamingResponse(_stream(outs, rid, created, model_name, False,
+                                             req.include_usage),
+                                     media_type="text/event-stream")
         return {"id": rid, "object": "text_completion", "created": created, "model": model_name,
                 "usage": _usage(outs),
                 "choices": [{"index": i, "text": o.text, "finish_reason": o.finish_reason,
@@ -143,34 +153,47 @@ def create_app(backend, model_name: str, token: str | None = None, max_tokens: i
     return app
 
 
-class _Bad(Exception):
-    """A request the server refuses with 400 and this message."""
-
-
-def _error(status: int, message: str):
+def _error(status: int, message: str, headers: dict | None = None):
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}},
-                        status_code=status)
+    kind = "rate_limit_error" if status == 429 else "invalid_request_error"
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status,
+                        headers=headers)
 
 
-def _add_guards(app, token: str | None, max_request_bytes: int, model_name: str) -> None:
-    """The bearer token and size checks on every request, the 400 for a bad request, and
-    the two informational routes."""
+def _add_guards(app, token: str | None, max_request_bytes: int, model_name: str,
+                max_pending: int, retry_after_s: int) -> None:
+    """The bearer token, size and load checks on every request, the 400 for a bad request,
+    and the informational routes."""
     from fastapi import Request
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        if request.url.path == "/health":
+            return await call_next(request)
         if token and request.headers.get("authorization") != f"Bearer {token}":
             return _error(401, "missing or wrong bearer token")
         size = request.headers.get("content-length")
         if size and int(size) > max_request_bytes:
             return _error(413, f"request larger than {max_request_bytes} bytes")
-        return await call_next(request)
+        if request.method != "POST":
+            return await call_next(request)
+        if app.state.pending >= max_pending:
+            return _error(429, f"more than {max_pending} requests pending; retry later",
+                          {"Retry-After": str(retry_after_s)})
+        app.state.pending += 1
+        try:
+            return await call_next(request)
+        finally:
+            app.state.pending -= 1
 
-    @app.exception_handler(_Bad)
-    async def bad(_request, exc: _Bad):
+    @app.exception_handler(BadRequest)
+    async def bad(_request, exc: BadRequest):
         return _error(400, str(exc))
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "pending": app.state.pending}
 
     @app.get("/v1/stats")
     async def stats():
@@ -194,30 +217,19 @@ async def _parse(request) -> dict:
     try:
         body = json.loads(await request.body())
     except ValueError:
-        raise _Bad("the body is not valid JSON") from None
+        raise BadRequest("the body is not valid JSON") from None
     if not isinstance(body, dict):
-        raise _Bad("the body must be a JSON object")
+        raise BadRequest("the body must be a JSON object")
     return body
 
 
-def _sampling(body: dict, max_tokens: int, default_max: int = 256) -> Sampling:
-    n_max = body.get("max_tokens", body.get("max_completion_tokens", default_max))
-    if not isinstance(n_max, int) or n_max < 0 or n_max > max_tokens:
-        raise _Bad(f"max_tokens must be an integer from 0 to {max_tokens}")
-    stop = body.get("stop") or ()
-    stop = (stop,) if isinstance(stop, str) else tuple(stop)
-    return Sampling(n=int(body.get("n", 1)), temperature=float(body.get("temperature", 1.0)),
-                    top_p=float(body.get("top_p", 1.0)), max_tokens=max(1, n_max),
-                    stop=stop, seed=int(body.get("seed", 0) or 0))
-
-
-async def _scored_choice(backend, body: dict, prompt: str, s: Sampling,
+async def _scored_choice(backend, req: CompletionRequest, s: Sampling,
                          max_logprobs: int) -> dict | None:
     """The two scoring requests a client makes instead of generating: the prompt's own
     log-probabilities (`echo` with 0 new tokens), or the top next-token log-probabilities
     (one greedy token with `logprobs`). None for an ordinary completion."""
-    k = body.get("logprobs")
-    if body.get("echo") and body.get("max_tokens") == 0:
+    k, prompt = req.logprobs, req.prompt
+    if req.echo and req.max_tokens == 0:
         tokens, lps, offsets = await asyncio.to_thread(prompt_logprobs, backend, prompt)
         return {"index": 0, "text": prompt, "finish_reason": "length",
                 "logprobs": {"tokens": tokens, "token_logprobs": lps,
@@ -237,17 +249,25 @@ def _usage(outs) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
 
-async def _chat_stream(outs, rid: str, created: int, model: str):
-    def event(choices) -> str:
-        return "data: " + json.dumps({"id": rid, "object": "chat.completion.chunk",
-                                      "created": created, "model": model,
-                                      "choices": choices}) + "\n\n"
+async def _stream(outs, rid: str, created: int, model: str, chat: bool, include_usage: bool):
+    """Server-sent events in OpenAI's chunk format: chat deltas, or completion text pieces."""
+    def event(choices, **extra) -> str:
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        return "data: " + json.dumps({"id": rid, "object": obj, "created": created,
+                                      "model": model, "choices": choices, **extra}) + "\n\n"
+
+    def piece(i: int, text: str | None, finish: str | None) -> dict:
+        if not chat:
+            return {"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}
+        return {"index": i, "delta": {} if text is None else {"content": text},
+                "finish_reason": finish}
 
     for i, o in enumerate(outs):
-        yield event([{"index": i, "delta": {"role": "assistant"}, "finish_reason": None}])
-        words = o.text.split(" ")
-        for w, word in enumerate(words):
-            piece = word if w == 0 else " " + word
-            yield event([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
-        yield event([{"index": i, "delta": {}, "finish_reason": o.finish_reason}])
+        if chat:
+            yield event([{"index": i, "delta": {"role": "assistant"}, "finish_reason": None}])
+        for w, word in enumerate(o.text.split(" ")):
+            yield event([piece(i, word if w == 0 else " " + word, None)])
+        yield event([piece(i, None, o.finish_reason)])
+    if include_usage:
+        yield event([], usage=_usage(outs))
     yield "data: [DONE]\n\n"

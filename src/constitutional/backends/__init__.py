@@ -27,6 +27,20 @@ def load_backend(model_cfg, log=print) -> Backend:
     return getattr(importlib.import_module(module), factory).from_config(model_cfg, log=log)
 
 
+def load_run_backend(model_cfg, run_dir, log_calls: bool, log=print) -> Backend:
+    """A run's backend: loaded once, timed, and with `log_calls` every call logged to the
+    run folder's calls.jsonl."""
+    import time
+
+    from constitutional.calllog import LoggedBackend
+    from constitutional.rundir import RunDir
+
+    t0 = time.time()
+    backend = load_backend(model_cfg, log=log)
+    log(f"Loaded {model_cfg.name} ({model_cfg.backend}) in {time.time() - t0:.1f}s")
+    return LoggedBackend(backend, RunDir.of(run_dir).calls) if log_calls else backend
+
+
 class BackendCache:
     """Backends of one run, each model loaded once: keyed by the model config (batch sizes
     aside, they do not change the model). Stages that fine-tune call `release()` first."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import typer
@@ -48,32 +47,22 @@ def flags(**kw) -> dict:
 
 def check_model(model_cfg) -> None:
     """Fail fast on an unknown model name, before any work starts."""
-    if model_cfg.backend in ("transformers", "vllm"):     # `openai`: the server's model id
-        from constitutional.models import resolve_model
-        resolve_model(model_cfg.name, prepare=False)
+    from constitutional.models import check_model as check
+
+    check(model_cfg)
 
 
 def start_run(out_dir: Path, cfg, name: str = "config.yaml") -> None:
-    from constitutional.config import dump_config
-    from constitutional.jsonio import write_atomic
     from constitutional.rundir import RunDir
-    from constitutional.train.distributed import is_main_process
 
-    if is_main_process():               # under `accelerate launch`, one writer
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(RunDir(out_dir).config_file(name), dump_config(cfg))
+    RunDir(out_dir).save_config(cfg, name)
 
 
 def backend_loader(cfg, run_dir: Path):
     """Load the configured backend (once), logging every call to run_dir/calls.jsonl."""
-    from constitutional.backends import load_backend
-    from constitutional.calllog import LoggedBackend
-    from constitutional.rundir import RunDir
+    from constitutional.backends import load_run_backend
 
-    t0 = time.time()
-    backend = load_backend(cfg.model, log=log)
-    log(f"Loaded {cfg.model.name} ({cfg.model.backend}) in {time.time() - t0:.1f}s")
-    return LoggedBackend(backend, RunDir.of(run_dir).calls) if cfg.log_calls else backend
+    return load_run_backend(cfg.model, run_dir, cfg.log_calls, log)
 
 
 

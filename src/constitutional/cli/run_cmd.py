@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from constitutional.cli.common import app, backend_loader, check_model, log, out, start_run
+from constitutional.cli.common import app, log, out
 from constitutional.rundir import RunDir
 
 OVERRIDES = typer.Argument(None, help="key.path=value overrides, e.g. rl.ppo.steps=4")
@@ -35,29 +35,11 @@ def run_cmd(
                                  "and labeling stage (training still runs)."),
     overrides: Optional[List[str]] = OVERRIDES,
 ):
-    from constitutional.config import load_config
-    from constitutional.stages.pipeline import fake_models, recipe_class, run_recipe, select
-    from constitutional.stages.sl_cai import set_model
+    from constitutional.api import load_recipe, run_recipe
 
-    cfg = load_config(recipe_class(), config, overrides, {})
-    if model:
-        set_model(cfg, model)
-    if dry_run:
-        fake_models(cfg)
-    select(cfg.stages, start, until)
-    from constitutional.cli.sl_cai import _check_inputs
-    from constitutional.stages.pipeline import models_used
-
-    _check_inputs(cfg.critique)
-    for m in models_used(cfg):
-        check_model(m)
+    cfg = load_recipe(config, overrides, model, dry_run)
     out_dir = out_dir or Path("runs") / config.stem
-    start_run(out_dir, cfg, "recipe.yaml")
-
-    def load(model_cfg):
-        return backend_loader(cfg.critique.model_copy(update={"model": model_cfg}), out_dir)
-
-    results = run_recipe(cfg, out_dir, load, log, start, until)
+    results = run_recipe(cfg, out_dir, start=start, until=until, log=log)
     print_results(results, out_dir, cfg.show)
 
 

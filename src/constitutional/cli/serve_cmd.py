@@ -26,10 +26,16 @@ def serve_cmd(
                                        "concurrent requests into one batch."),
     max_logprobs: int = typer.Option(20, "--max-logprobs", help="Largest top-k of "
                                      "`logprobs` returned (choice scoring asks for top-k)."),
+    max_pending: int = typer.Option(256, "--max-pending", help="Requests waiting or running "
+                                    "at once; more get HTTP 429 with Retry-After."),
+    retry_after: int = typer.Option(1, "--retry-after", help="Seconds a 429 asks clients to "
+                                    "wait."),
     dtype: str = typer.Option("auto", "--dtype"),
     device: str = typer.Option("auto", "--device"),
 ):
-    """Serve MODEL at http://HOST:PORT/v1 (chat and completions, streaming, batching)."""
+    """Serve MODEL at http://HOST:PORT/v1 (chat and completions, streaming, batching) and
+    GET /health. Streaming sends OpenAI's chunk events once a completion is finished (the
+    engine decodes whole batches), so it does not lower the time to the first token."""
     import uvicorn
 
     from constitutional.backends import load_backend
@@ -48,5 +54,5 @@ def serve_cmd(
     log(f"serving {model} at http://{host}:{port}/v1" + (" (bearer token required)"
                                                         if token else ""))
     uvicorn.run(create_app(backend, model, token, max_tokens, max_request_bytes, batch_window,
-                           max_logprobs),
+                           max_logprobs, max_pending, retry_after),
                 host=host, port=port, log_level="warning")

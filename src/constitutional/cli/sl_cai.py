@@ -12,7 +12,7 @@ from rich.table import Table
 
 from constitutional.cli.common import (app, backend_loader, check_model, flags, log, out,
                                        shortcuts, start_run)
-from constitutional.stages.critique import CritiqueConfig
+from constitutional.stages.critique import CritiqueConfig, check_inputs
 from constitutional.stages.sl_cai import SLCAIConfig
 from constitutional.train.sft import SFTTrainConfig
 
@@ -45,24 +45,13 @@ def critique_cmd(
     if critic:
         base |= {"critic.name": critic} | ({"critic.backend": "fake"} if dry_run else {})
     cfg = load_config(CritiqueConfig, config, overrides, base)
-    _check_inputs(cfg)
+    check_inputs(cfg)
     start_run(out_dir, cfg, "critique.config.yaml")
     critic = (lambda: backend_loader(cfg.model_copy(update={"model": cfg.critic}), out_dir)) \
         if cfg.critic is not None else None
     result = run_critique(cfg, out_dir, lambda: backend_loader(cfg, out_dir), log=log,
                           get_critic=critic)
     critique_summary(result, show)
-
-
-def _check_inputs(cfg) -> None:
-    """Validate every input before a model is loaded or a file written."""
-    from constitutional.constitution import load_constitution
-    from constitutional.prompts_io import load_prompts
-
-    cpath, c = load_constitution(cfg.constitution)
-    c.require("critique_revision", str(cpath))
-    load_prompts(cfg.prompts, cfg.limit)
-    check_model(cfg.model)
 
 
 def print_chain(r: dict) -> None:
@@ -190,7 +179,7 @@ def sl_cai_cmd(
     cfg = load_config(RecipeConfig, config, overrides, base)
     if model:
         set_model(cfg, model)
-    _check_inputs(cfg.critique)
+    check_inputs(cfg.critique)
     check_model(cfg.sft.model)
     start_run(out_dir, cfg, "sl_cai.config.yaml")
 

@@ -123,6 +123,16 @@ class Chain:
         return self.rounds[-1]["revision"] if self.rounds else self.answer
 
 
+def check_inputs(cfg: CritiqueConfig) -> None:
+    """Validate every input before a model is loaded or a file written."""
+    from constitutional.models import check_model
+
+    cpath, c = load_constitution(cfg.constitution)
+    c.require("critique_revision", str(cpath))
+    load_prompts(cfg.prompts, cfg.limit)
+    check_model(cfg.model)
+
+
 def run_critique(cfg: CritiqueConfig, run_dir: str | Path, get_backend: Callable[[], object],
                  log: Callable[[str], None] = print, folder: StageDir | None = None,
                  get_critic: Callable[[], object] | None = None) -> StageResult:

@@ -81,7 +81,8 @@ def run_ppo(cfg: PPOConfig, run_dir: str | Path | RunDir,
     manifest.update(status="complete", steps=cfg.steps, seconds=time.time() - t0,
                     reward_before=evals[0]["reward"], reward_after=evals[-1]["reward"],
                     kl_after=evals[-1]["kl"], output="model")
-    trainer.acc.end_training()           # flush and close the trackers
+    for tracker in trainer.acc.trackers:     # flush and close them (not end_training():
+        tracker.finish()                     # it would end the process group too)
     if is_main_process():
         model = trainer.policy.merge_and_unload() if cfg.lora else trainer.policy
         save_atomically(model, tok, run.rl.model, {"stage": STAGE, "kind": "ppo"})
