@@ -166,3 +166,24 @@ def load_comparisons(path: str | Path) -> tuple[list[Comparison], int]:
         raise InputError("no comparisons in the file" + (f" ({skipped} flagged rows skipped)"
                          if skipped else ""), path=path)
     return out, skipped
+
+
+def preference_example(conversation, a: str, b: str, p: float, source: str,
+                       source_id: str) -> dict:
+    """A pair as TRL's conversational preference row plus the soft label: `prompt` as
+    messages, `chosen` / `rejected` one assistant message each, oriented so that `margin`,
+    the probability that `chosen` is better, is >= 0.5."""
+    if p < 0.5:
+        a, b, p = b, a, 1.0 - p
+    msgs = [{"role": r, "content": t} for r, t in conversation]
+    return {"prompt": msgs, "chosen": [{"role": "assistant", "content": a}],
+            "rejected": [{"role": "assistant", "content": b}], "margin": float(p),
+            "source": source, "source_id": source_id}
+
+
+def revision_pair(row: dict) -> dict:
+    """A critique row's pair by construction: the final revision chosen over the policy's
+    original answer, as a hard label (p = 1)."""
+    conversation = [(m["role"], m["content"]) for m in row["messages"]]
+    return preference_example(conversation, row["revision"], row["initial_response"], 1.0,
+                              "revision", f"{row['id']}#{row['sample']}")

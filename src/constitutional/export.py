@@ -25,12 +25,12 @@ from collections import Counter
 from pathlib import Path
 
 from constitutional.artifacts import MANIFEST, package_versions, read_output
+from constitutional.comparisons import preference_example, revision_pair
 from constitutional.constitution import load_constitution
 from constitutional.datasource import to_dataset
 from constitutional.errors import InputError
 from constitutional.jsonio import sha256_file, write_atomic, write_json_atomic, write_jsonl_atomic
 from constitutional.rundir import RunDir
-from constitutional.train.pm_data import example, revision_pair
 
 PREFERENCE = ("prompt", "chosen", "rejected")
 
@@ -55,7 +55,7 @@ def pair_row(r: dict) -> dict:
 
 def labelled_row(r: dict) -> dict:
     """A label-stage row as a preference row oriented by its label."""
-    pair = example(r["conversation"], r["response_a"], r["response_b"], r["label"], "ai",
+    pair = preference_example(r["conversation"], r["response_a"], r["response_b"], r["label"], "ai",
                    r["id"])
     return {"id": r["id"], **{k: pair[k] for k in PREFERENCE}, "label": round(pair["margin"], 6),
             "chosen_was": "a" if r["label"] >= 0.5 else "b", "votes": r["votes"],

@@ -12,8 +12,9 @@ Formats read (the first one that fits each file):
 Each question's choices are scored by `score_choices` in one forward pass: the log-probability
 of each choice as the continuation of "Q: <question>\\nA:" (or of the HH transcript and
 "Assistant:"), over the tokens that tell the choices apart. A question counts as right when
-a correct choice has the highest log-likelihood; `accuracy_norm` divides it by the choice's length in characters first
-(longer answers are not penalized for their length), as the usual harnesses report both.
+a correct choice has the highest log-likelihood; `accuracy_norm` divides each one by the
+choice's length in characters first (longer answers are not penalized for their length), as
+the usual harnesses report both.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@ SFT, the preference model, DPO, GRPO / RLOO and PPO each declare their config as
 `TrainSettings` (the model trained, LoRA, learning rate, batch size, precision, seed, the
 trackers that watch it) plus, for the four TRL trainers, `Schedule` (epochs, max steps,
 accumulation, warm-up, checkpoint and logging steps, and `trainer_args`, any other TRL
-argument), and their own fields. `trl_config` builds a TRL config from them. A field has one name everywhere: `model` is the model
-being trained, `max_tokens` the cap on new tokens of a rollout (as in `sampling.max_tokens`).
+argument), and their own fields. `trl_config` builds a TRL config from them. A field has one
+name everywhere: `model` is the model being trained, `max_tokens` the cap on new tokens of a
+rollout (as in `sampling.max_tokens`).
 """
 
 from __future__ import annotations

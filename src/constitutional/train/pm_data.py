@@ -21,21 +21,13 @@ import math
 import random
 from pathlib import Path
 
-from constitutional.comparisons import comparison, load_comparisons
+from constitutional.comparisons import (comparison, load_comparisons, preference_example,
+                                        revision_pair)
 from constitutional.datasource import read_rows
 from constitutional.errors import InputError
 from constitutional.jsonio import seeded_fraction
 
 VOTE_CAP = 100
-
-
-def example(conversation, a: str, b: str, p: float, source: str, source_id: str) -> dict:
-    if p < 0.5:
-        a, b, p = b, a, 1.0 - p
-    msgs = [{"role": r, "content": t} for r, t in conversation]
-    return {"prompt": msgs, "chosen": [{"role": "assistant", "content": a}],
-            "rejected": [{"role": "assistant", "content": b}], "margin": float(p),
-            "source": source, "source_id": source_id}
 
 
 def ai_label_examples(path: str | Path, min_confidence: float = 0.0) -> list[dict]:
@@ -59,16 +51,9 @@ def ai_label_examples(path: str | Path, min_confidence: float = 0.0) -> list[dic
                              line=line, field="label")
         if abs(p - 0.5) < min_confidence:
             continue
-        out.append(example(conv, a, b, p, "ai", str(row.get("id", f"line{line}"))))
+        out.append(preference_example(conv, a, b, p, "ai",
+                                      str(row.get("id", f"line{line}"))))
     return out
-
-
-def revision_pair(row: dict) -> dict:
-    """A critique row's pair by construction: the final revision chosen over the policy's
-    original answer, as a hard label (p = 1)."""
-    conversation = [(m["role"], m["content"]) for m in row["messages"]]
-    return example(conversation, row["revision"], row["initial_response"], 1.0, "revision",
-                   f"{row['id']}#{row['sample']}")
 
 
 def revision_pair_examples(path: str | Path) -> list[dict]:
@@ -88,7 +73,8 @@ def revision_pair_examples(path: str | Path) -> list[dict]:
 def human_examples(path: str | Path) -> list[dict]:
     """Human-labelled comparisons (HHH or HH format): hard labels, p = 1."""
     pairs, _ = load_comparisons(path)
-    return [example(c.conversation, c.a, c.b, 1.0 if c.better == 0 else 0.0, "human", c.id)
+    return [preference_example(c.conversation, c.a, c.b, 1.0 if c.better == 0 else 0.0,
+                               "human", c.id)
             for c in pairs if c.better is not None]
 
 
@@ -121,7 +107,8 @@ def pmp_examples(path: str | Path, max_pairs_per_question: int | None = None,
             pairs = random.Random(f"{seed}\x00{line}").sample(pairs, max_pairs_per_question)
         for k, (x, y) in enumerate(pairs):
             good, bad = (x, y) if x[0] > y[0] else (y, x)
-            out.append(example([("user", q)], good[1], bad[1], 1.0, "pmp", f"line{line}#{k}"))
+            out.append(preference_example([("user", q)], good[1], bad[1], 1.0, "pmp",
+                                          f"line{line}#{k}"))
     if not out:
         raise InputError("no answer pairs with different scores", path=str(path))
     return out
