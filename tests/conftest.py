@@ -45,7 +45,7 @@ def build_tiny_model(out: Path, arch: str = "llama", seed: int = 0) -> Path:
     tok = build_tokenizer()
     common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=512, eos_token_id=tok.eos_token_id,
+                  max_position_embeddings=4096, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
     cfg = LlamaConfig(**common) if arch == "llama" else Qwen2Config(**common)
     torch.manual_seed(seed)

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from constitutional.errors import InputError
+from constitutional.jsonio import read_text
 
 C = TypeVar("C", bound="StrictModel")
 
@@ -80,10 +81,12 @@ class ServerConfig(StrictModel):
 class ModelConfig(StrictModel):
     name: str = Field("smollm2-135m", description="Built-in model name (see `cai models`), "
                       "a local Hugging Face folder, or a hub id such as org/name.")
-    backend: Literal["transformers", "fake", "openai", "vllm"] = Field(
-        "transformers", description="Engine that runs the model. `fake` replies from a script "
-        "(tests and --dry-run); `openai`: an OpenAI-compatible server (see `server`); "
-        "`vllm`: vLLM in process (optional extra).")
+    backend: Literal["auto", "transformers", "fake", "openai", "vllm"] = Field(
+        "auto", description="Engine that runs the model. `auto` (the default): `vllm` where "
+        "a GPU and the vllm package are, else `transformers` (our in-process engine); the "
+        "config records which. `fake` replies from a script (tests and --dry-run); `openai`: "
+        "an OpenAI-compatible server (see `server`); `vllm`: vLLM in process (optional "
+        "extra).")
     server: ServerConfig = Field(default_factory=ServerConfig, description="Settings of the "
                                  "openai and vllm backends.")
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = Field(
@@ -101,6 +104,24 @@ class ModelConfig(StrictModel):
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     fake_script: str | None = Field(None, description="For backend `fake`: a YAML file of "
                                     "`- match: regex` / `reply: text` rules.")
+
+    @model_validator(mode="after")
+    def _pick_backend(self):
+        if self.backend == "auto":
+            self.backend = "vllm" if self.device.split(":")[0] in ("auto", "cuda") and \
+                vllm_with_gpu() else "transformers"
+        return self
+
+
+def vllm_with_gpu() -> bool:
+    """vLLM is installed and a CUDA GPU is there (torch is imported only when vLLM is)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class SamplingConfig(StrictModel):
@@ -138,7 +159,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError("config file not found", path=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -232,7 +253,7 @@ def validation_error(e: ValidationError, source: str | None) -> InputError:
 def yaml_line(path: str | Path, loc: tuple) -> int | None:
     """The line of the YAML node at `loc` (or of its nearest existing parent), 1-based."""
     try:
-        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+        node = yaml.compose(read_text(path))
     except (OSError, yaml.YAMLError):
         return None
     line = node.start_mark.line + 1 if node is not None else None

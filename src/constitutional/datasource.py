@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from constitutional.errors import InputError
-from constitutional.jsonio import read_jsonl, sha256_file, sha256_json
+from constitutional.jsonio import read_jsonl, read_text, sha256_file, sha256_json
 
 _DATASETS_SUFFIXES = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -106,7 +106,7 @@ def read_rows(spec: str | Path | Source) -> Iterator[tuple[int, dict[str, Any]]]
 
 def _json_array(src: Source) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        data = json.loads(src.path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(src.path))
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON ({e.msg} at column {e.colno})", path=src.spec,
                          line=e.lineno) from None

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from constitutional.config import field_path
 from constitutional.constitution import Constitution
 from constitutional.errors import InputError
+from constitutional.jsonio import read_text
 
 PAPER_FILES = {
     "critique_revision": "CritiqueRevisionInstructions.json",
@@ -48,7 +49,7 @@ def import_constitution(path: Path) -> Constitution:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON ({e.msg})", path=str(path), line=e.lineno) from None
 

@@ -16,13 +16,36 @@ from typing import Any, Iterable, Iterator
 from constitutional.errors import InputError
 
 
+def not_utf8(path: str | Path, data: bytes, e: UnicodeDecodeError, line: int | None = None,
+             line_start: int = 0) -> InputError:
+    """The one error for bytes that are not UTF-8: the line, and the byte and its column."""
+    if line is None:
+        line = data.count(b"\n", 0, e.start) + 1
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+    return InputError(f"not UTF-8 (byte 0x{data[e.start]:02x} at column "
+                      f"{e.start - line_start + 1})", path=str(path), line=line)
+
+
+def read_text(path: str | Path) -> str:
+    """A whole text file, which must be UTF-8 (a BOM is dropped)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, data, e) from None
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, object) for each non-blank line; a bad line raises InputError."""
     path = Path(path)
     if not path.is_file():
         raise InputError("file not found" if not path.exists() else "not a file", path=str(path))
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise not_utf8(path, raw, e, lineno) from None
             if not line.strip():
                 continue
             try:

@@ -33,10 +33,21 @@ class PromptRow:
     id: str
     messages: list[dict[str, str]]     # the conversation to answer (ends with a user turn)
     source: dict[str, Any]             # the input row as given
+    line: int = 0                      # its line (or row) in the source
 
     @property
     def text(self) -> str:
         return self.messages[-1]["content"]
+
+
+def name_row(e: Exception, rows: "list[PromptRow]", source) -> Exception:
+    """A ContextLengthError (an error about the prompt at `e.index` of a call over `rows`)
+    as the error naming that row's file, line and id; any other error as it is."""
+    index = getattr(e, "index", None)
+    if index is None or not 0 <= index < len(rows):
+        return e
+    row = rows[index]
+    return InputError(e.reason, path=str(source), line=row.line, field=f"id {row.id}")
 
 
 def conversation(row: PromptRow, system_prompt: str | None) -> list[dict[str, str]]:
@@ -75,7 +86,7 @@ def load_prompts(spec: str, limit: int | None = None) -> tuple[Source, list[Prom
         if rid in seen:
             raise InputError(f"duplicate id {rid!r}", path=str(path), line=lineno, field="id")
         seen.add(rid)
-        rows.append(PromptRow(rid, _messages(obj, str(path), lineno), obj))
+        rows.append(PromptRow(rid, _messages(obj, str(path), lineno), obj, lineno))
         if limit and len(rows) >= limit:
             break
     if not rows:

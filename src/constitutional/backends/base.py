@@ -11,9 +11,23 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence, Union, runtime_checkable
 
+from constitutional.errors import InputError
+
 Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 Prompt = Union[str, Sequence[Message]]
 Progress = Callable[[int], None]  # called with the number of items just finished
+
+
+class ContextLengthError(InputError):
+    """A prompt that, with the new tokens asked for, passes the model's context. `index` is
+    its place in the call's prompts, so a stage can name the row."""
+
+    def __init__(self, index: int, tokens: int, new_tokens: int, limit: int, model: str):
+        self.index, self.tokens, self.limit = index, tokens, limit
+        more = f" and {new_tokens} new tokens" if new_tokens else ""
+        super().__init__(f"the prompt is {tokens} tokens{more}, past {model}'s context of "
+                         f"{limit} tokens (shorten it, or lower max_tokens)")
+        self.reason = str(self)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
     attention_mask: boolean [B, 1, q, T] (True = may attend) for prefill and scoring, additive
     [B, 1, 1, T] (0 or -inf) for decoding, or None (no padding: plain causal attention).
     """
+    _refuse_unimplemented(kw, key.shape[2])
     B, H, q, d = query.shape
     G = H // key.shape[1]
     scaling = scaling if scaling is not None else 1.0 / math.sqrt(d)
@@ -55,6 +56,23 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
                                          is_causal=attention_mask is None, scale=scaling,
                                          enable_gqa=G > 1)
     return out.transpose(1, 2).contiguous(), None
+
+
+class EngineUnsupported(RuntimeError):
+    """The model asked the engine's attention for something it does not compute."""
+
+
+def _refuse_unimplemented(kw: dict, T: int) -> None:
+    """The last guard against a silently wrong answer: soft-capping, attention sinks and a
+    window narrower than the sequence are refused here (the backend routes such models and
+    calls to transformers' own code, plain_engine.py, before they get this far)."""
+    if kw.get("softcap"):
+        raise EngineUnsupported("attention logit soft-capping")
+    if kw.get("s_aux") is not None:
+        raise EngineUnsupported("attention sinks")
+    window = kw.get("sliding_window")
+    if window and T > window:
+        raise EngineUnsupported(f"a sliding window of {window} over {T} tokens")
 
 
 def _decode_attention_fp32(query, key, value, attention_mask, scaling):

@@ -2,7 +2,11 @@
 
 Loads once per run from safetensors (`trust_remote_code` off unless asked), renders chats with
 the model's chat template, sorts work by length into batches, and for choice scoring groups
-questions that share a prefix so the prefix is computed once.
+questions that share a prefix so the prefix is computed once. A model or a call the engine
+would not compute exactly goes to transformers' own code instead (plain_engine.py), with one
+line saying why. A prompt that with its new tokens passes the model's context is refused
+(`ContextLengthError`, naming its place in the call), and a generate batch is split so that
+its KV cache fits the memory budget (`CAI_KV_BUDGET_GB`, default a quarter of the free memory).
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ from typing import Sequence
 
 import torch
 
-from constitutional.backends import kv_engine
+from constitutional.backends import kv_engine, plain_engine
 from constitutional.backends.cpu_runtime import keep_freed_memory
-from constitutional.backends.base import (Completion, Progress, Prompt, Sampling, cut_at_stop,
-                                          prompt_key, sample_seed)
+from constitutional.backends.base import (Completion, ContextLengthError, Progress, Prompt,
+                                          Sampling, cut_at_stop, prompt_key, sample_seed)
 from constitutional.errors import InputError
 from constitutional.models import resolve_model
 
@@ -79,10 +83,22 @@ def load_model_and_tokenizer(path: str, *, dtype: torch.dtype, device: torch.dev
 
 class TransformersBackend:
     def __init__(self, model, tokenizer, name: str, batch_size: int = 64,
-                 score_batch_tokens: int = 1536):
+                 score_batch_tokens: int = 1536, log=print):
         _check_supported(model.config, name)
         self.model, self.tokenizer, self.name = model, tokenizer, name
         self.batch_size, self.score_batch_tokens = batch_size, score_batch_tokens
+        cfg = model.config
+        self.native = "eager" if getattr(cfg, "attn_logit_softcapping", None) else \
+            (cfg._attn_implementation if cfg._attn_implementation != kv_engine.ATTN_NAME
+             else "sdpa")
+        self.plain = plain_engine.always_plain(cfg)
+        self.window = plain_engine.attention_window(cfg)
+        self.context = plain_engine.context_length(cfg)
+        self.log = log
+        self._said: set[str] = set()
+        if self.plain:
+            self._say(f"{name}: {self.plain}: the in-process engine would not compute it "
+                      "exactly, so transformers' own generate and forward run it (slower)")
         kv_engine.use_engine_attention(model)
         self.eos_ids = _eos_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else \
@@ -96,7 +112,30 @@ class TransformersBackend:
         model, tok = load_model_and_tokenizer(
             resolved.path, dtype=dtype, device=device, trust_remote_code=cfg.trust_remote_code,
             revision=cfg.revision, name=cfg.name)
-        return cls(model, tok, cfg.name, cfg.batch_size, cfg.score_batch_tokens)
+        return cls(model, tok, cfg.name, cfg.batch_size, cfg.score_batch_tokens, log=log)
+
+    def _say(self, line: str) -> None:
+        if line not in self._said:
+            self._said.add(line)
+            self.log(line)
+
+    def _route(self, longest: int) -> str | None:
+        """Why this call goes to transformers' own code (None: the engine runs it)."""
+        if self.plain:
+            return self.plain
+        if self.window and longest > self.window:
+            self._say(f"{self.name}: sequences of up to {longest} tokens pass its "
+                      f"{self.window}-token attention window: those calls run on "
+                      "transformers' own generate and forward (slower), not on the engine")
+            return "window"
+        return None
+
+    def _check_context(self, lengths: Sequence[int], new_tokens: int) -> None:
+        if self.context is None:
+            return
+        for i, n in enumerate(lengths):
+            if n + new_tokens > self.context:
+                raise ContextLengthError(i, n, new_tokens, self.context, self.name)
 
     # -- text <-> tokens ------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
@@ -116,21 +155,29 @@ class TransformersBackend:
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling,
                  progress: Progress | None = None) -> list[list[Completion]]:
         encoded = [self.encode(p) for p in prompts]
+        self._check_context([len(e) for e in encoded], sampling.max_tokens)
         items = [(i, j) for i in range(len(prompts)) for j in range(sampling.n)]
         # Similar lengths together: less padding in every batch.
         items.sort(key=lambda it: (len(encoded[it[0]]), it))
         results: dict[tuple[int, int], Completion] = {}
         should_stop = self._stop_checker(sampling.stop) if sampling.stop else None
-        for b in range(0, len(items), self.batch_size):
-            batch = items[b:b + self.batch_size]
+        for batch in self._memory_batches(items, encoded, sampling.max_tokens):
             reqs = [kv_engine.DecodeRequest(
                 encoded[i], sample_seed(sampling.seed, prompt_key(prompts[i]), j))
                 for i, j in batch]
-            outs = kv_engine.decode_batch(
-                self.model, reqs, temperature=sampling.temperature, top_p=sampling.top_p,
-                top_k=sampling.top_k, max_tokens=sampling.max_tokens, eos_ids=self.eos_ids,
-                pad_id=self.pad_id, should_stop=should_stop,
-                on_finish=(lambda _r: progress(1)) if progress else None)
+            settings = dict(temperature=sampling.temperature, top_p=sampling.top_p,
+                            top_k=sampling.top_k, max_tokens=sampling.max_tokens,
+                            eos_ids=self.eos_ids, pad_id=self.pad_id, should_stop=should_stop)
+            longest = max(len(encoded[i]) for i, _ in batch) + sampling.max_tokens
+            if self._route(longest):
+                with plain_engine.native_attention(self.model, self.native):
+                    outs = plain_engine.generate(self.model, reqs, **settings)
+                if progress:
+                    progress(len(batch))
+            else:
+                outs = kv_engine.decode_batch(
+                    self.model, reqs, **settings,
+                    on_finish=(lambda _r: progress(1)) if progress else None)
             for (i, j), res in zip(batch, outs):
                 text = self.tokenizer.decode(res.tokens, skip_special_tokens=True)
                 text, stopped = cut_at_stop(text, sampling.stop)
@@ -139,6 +186,29 @@ class TransformersBackend:
                 results[(i, j)] = Completion(text, len(res.tokens), reason, len(encoded[i]),
                                              extra={"token_ids": res.tokens})
         return [[results[(i, j)] for j in range(sampling.n)] for i in range(len(prompts))]
+
+    def _memory_batches(self, items, encoded, new_tokens: int) -> list[list]:
+        """Consecutive runs of at most `batch_size` rows whose KV cache (rows x longest
+        sequence x bytes per token) fits the memory budget; a row always runs."""
+        per_token, budget = self._kv_bytes_per_token(), kv_budget_bytes(self.model.device)
+        batches, cur, longest = [], [], 0
+        for it in items:
+            n = len(encoded[it[0]]) + new_tokens
+            size = (len(cur) + 1) * max(longest, n) * per_token
+            if cur and (len(cur) >= self.batch_size or size > budget):
+                batches.append(cur)
+                cur, longest = [], 0
+            cur.append(it)
+            longest = max(longest, n)
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def _kv_bytes_per_token(self) -> int:
+        c = self.model.config
+        heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return 2 * c.num_hidden_layers * heads * head_dim * self.model.dtype.itemsize
 
     def _stop_checker(self, stop: Sequence[str]):
         # A stop string of c characters spans at most 4c byte-level tokens.
@@ -173,7 +243,13 @@ class TransformersBackend:
                 row.targets.append(target)
                 refs.append((key, len(row.targets) - 1))
             where.append(refs)
-        scores = self._score_rows(list(rows.values()))
+        self._check_context([len(k) + 1 for k in rows], 0)
+        longest = max(len(k) + 1 for k in rows)
+        if self._route(longest):
+            with plain_engine.native_attention(self.model, self.native):
+                scores = self._plain_scores(list(rows.values()))
+        else:
+            scores = self._score_rows(list(rows.values()))
         by_key = {tuple(r.tokens): s for r, s in zip(rows.values(), scores)}
         if progress:
             progress(len(prompts))
@@ -217,6 +293,15 @@ class TransformersBackend:
                 out[i] = v
         return out  # type: ignore[return-value]
 
+    def _plain_scores(self, rows: list[kv_engine.ScoreRow]) -> list[list[float]]:
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].tokens))
+        out: list[list[float] | None] = [None] * len(rows)
+        for batch in self._budget_batches(order, rows):
+            for i, v in zip(batch, plain_engine.score_rows(self.model, [rows[i] for i in batch],
+                                                           self.pad_id)):
+                out[i] = v
+        return out  # type: ignore[return-value]
+
     def _budget_batches(self, idx: list[int], rows) -> list[list[int]]:
         """Consecutive runs whose padded size (rows x longest) fits the token budget."""
         batches, cur, longest = [], [], 0
@@ -256,14 +341,24 @@ def _eos_ids(model, tokenizer) -> set[int]:
 
 
 def _check_supported(config, name: str) -> None:
-    """Refuse architectures whose attention this engine would compute wrongly."""
+    """Refuse what no path here runs (the engine's gaps go to plain_engine.py)."""
     if getattr(config, "is_encoder_decoder", False):
         raise InputError(f"model '{name}' is encoder-decoder; only decoder-only LMs are supported")
-    for attr in ("attn_logit_softcapping",):
-        if getattr(config, attr, None):
-            raise InputError(f"model '{name}' uses {attr}, which the in-process engine does "
-                             "not implement; serve it with vLLM and use an OpenAI-compatible "
-                             "backend")
+
+
+def kv_budget_bytes(device: torch.device) -> float:
+    """Memory a generate batch's KV cache may take: CAI_KV_BUDGET_GB, else a quarter of the
+    free memory of the device (the activations, the weights and other work need the rest)."""
+    if os.environ.get("CAI_KV_BUDGET_GB"):
+        return float(os.environ["CAI_KV_BUDGET_GB"]) * 2**30
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 4
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: line.split()[1] for line in f}
+        return int(info["MemAvailable"]) * 1024 / 4
+    except (OSError, KeyError, ValueError):
+        return 4 * 2**30
 
 
 if os.environ.get("CAI_THREADS"):

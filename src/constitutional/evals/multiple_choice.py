@@ -26,6 +26,7 @@ from pathlib import Path
 from constitutional.errors import InputError
 from constitutional.evals.metrics import bootstrap_ci
 from constitutional.feedback import conversation_text
+from constitutional.jsonio import read_text
 from constitutional.datasource import read_rows
 
 
@@ -110,7 +111,7 @@ def _comparison(obj: dict, path: str, line: int) -> MCItem:
 
 def _is_bigbench(path: Path) -> bool:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError:
         return False
     return isinstance(data, dict)
@@ -118,7 +119,7 @@ def _is_bigbench(path: Path) -> bool:
 
 def _bigbench(path: Path) -> list[MCItem]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON ({e.msg})", path=str(path), line=e.lineno) from None
     examples = data.get("examples") if isinstance(data, dict) else None

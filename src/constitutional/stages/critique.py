@@ -33,13 +33,13 @@ from pydantic import Field, model_validator
 
 from constitutional.artifacts import StageDir, StageResult, model_identity, run_model_stage
 from constitutional.rundir import RunDir
-from constitutional.backends.base import Sampling
+from constitutional.backends.base import ContextLengthError, Sampling
 from constitutional.config import (NOT_RESULTS, ModelConfig, SamplingConfig, StrictModel,
                                    results_config)
 from constitutional.constitution import Constitution, draw_principles, load_constitution
 from constitutional.errors import InputError
 from constitutional.datasource import digest
-from constitutional.prompts_io import PromptRow, load_prompts
+from constitutional.prompts_io import PromptRow, load_prompts, name_row
 from constitutional.transcripts import (DEFAULT_STOPS, Turn, clean_reply,
                                         exemplar_turns, from_messages, render)
 
@@ -195,9 +195,12 @@ def critique_chunk(backend, chunk: list[PromptRow], constitution: Constitution,
     base = Sampling(**{**base.__dict__, "stop": tuple(dict.fromkeys(base.stop + tuple(cfg.stop)))})
     pairs = constitution.critique_revision
     system = cfg.system_prompt
-    answers = backend.generate(
-        [render([], from_messages(r.messages), cfg.prompt_format, system) for r in chunk],
-        Sampling(**{**base.__dict__, "n": cfg.samples}), progress=progress)
+    try:
+        answers = backend.generate(
+            [render([], from_messages(r.messages), cfg.prompt_format, system) for r in chunk],
+            Sampling(**{**base.__dict__, "n": cfg.samples}), progress=progress)
+    except ContextLengthError as e:
+        raise name_row(e, chunk, cfg.prompts) from None
     chains = []
     for r, outs in zip(chunk, answers):
         for j, c in enumerate(outs):
@@ -228,7 +231,11 @@ def _step(backend, chains: list[Chain], rounds: list[dict], kind: str, requests:
         cfg.system_prompt
     prompts = [render(shots, ch.turns + [(req_tag, req)], cfg.prompt_format, system)
                for ch, req in zip(chains, requests)]
-    outs = backend.generate(prompts, sampling, progress=progress)
+    try:
+        outs = backend.generate(prompts, sampling, progress=progress)
+    except ContextLengthError as e:      # the chain grew past the context at this step
+        e.reason = f"the {kind} of round {len(chains[e.index].rounds) + 1}: {e.reason}"
+        raise name_row(e, [c.row for c in chains], cfg.prompts) from None
     for ch, rd, req, (c,) in zip(chains, rounds, requests, outs):
         text = clean_reply(c.text, reply_tag)
         against = [ch.current, ch.answer] if kind == "revision" else []

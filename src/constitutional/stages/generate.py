@@ -11,10 +11,10 @@ from typing import Callable
 
 from constitutional.artifacts import StageDir, StageResult, model_identity, run_model_stage
 from constitutional.rundir import RunDir
-from constitutional.backends.base import Sampling
+from constitutional.backends.base import ContextLengthError, Sampling
 from constitutional.config import GenerateConfig, results_config
 from constitutional.datasource import digest
-from constitutional.prompts_io import PromptRow, conversation, load_prompts
+from constitutional.prompts_io import PromptRow, conversation, load_prompts, name_row
 
 
 
@@ -31,8 +31,11 @@ def run_generate(cfg: GenerateConfig, run_dir: str | Path, get_backend: Callable
     stage_cfg = results_config(cfg)
 
     def work(backend, chunk: list[PromptRow], advance) -> list[dict]:
-        outs = backend.generate([conversation(r, cfg.system_prompt) for r in chunk],
-                                sampling, progress=advance)
+        try:
+            outs = backend.generate([conversation(r, cfg.system_prompt) for r in chunk],
+                                    sampling, progress=advance)
+        except ContextLengthError as e:
+            raise name_row(e, chunk, path) from None
         return [{"id": r.id, "prompt": r.text, "messages": r.messages, "sample": j,
                  "completion": c.text, "finish_reason": c.finish_reason,
                  "prompt_tokens": c.prompt_tokens, "completion_tokens": c.tokens}

@@ -79,6 +79,9 @@ def train_and_save(trainer, checkpoints: Path, final: Path, lora: bool, note: di
                    log: Callable[[str], None]) -> list[dict]:
     """Run a TRL/Trainer trainer (from its latest checkpoint if there is one), merge LoRA
     adapters, save the model to `final` by rename; return the log history."""
+    if is_main_process():
+        set_aside_partial_checkpoints(checkpoints, log)
+    wait_for_everyone()
     resume = any(checkpoints.glob("checkpoint-*"))
     if resume:
         log(f"{note.get('stage', 'train')}: resuming from the latest checkpoint in {checkpoints}")
@@ -90,6 +93,46 @@ def train_and_save(trainer, checkpoints: Path, final: Path, lora: bool, note: di
         model = trainer.model.merge_and_unload() if lora else trainer.model
         save_atomically(model, trainer.processing_class, final, note)
     return trainer.state.log_history
+
+
+# What a Trainer checkpoint must hold for a resume to read it. Transformers writes the weights,
+# the optimizer, scheduler and RNG states, then trainer_state.json last, not atomically.
+WEIGHTS = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json",
+           "pytorch_model.bin")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (None: it is complete)."""
+    import json
+
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json"
+    try:
+        step = json.loads(state.read_text()).get("global_step")
+    except ValueError:
+        return "trainer_state.json is cut short"
+    if f"checkpoint-{step}" != folder.name:
+        return f"trainer_state.json says step {step}"
+    if not any((folder / w).is_file() for w in WEIGHTS) and \
+            not any(folder.glob("global_step*")):          # DeepSpeed keeps its own layout
+        return "no weights"
+    return None
+
+
+def set_aside_partial_checkpoints(checkpoints: Path, log: Callable[[str], None]) -> None:
+    """Rename every checkpoint a kill left half-written to partial-checkpoint-N (which the
+    Trainer does not look at), so the run resumes from the last complete one, or from the
+    start when there is none."""
+    for folder in sorted(checkpoints.glob("checkpoint-*")):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            continue
+        aside = folder.with_name("partial-" + folder.name)
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        log(f"{folder}: incomplete ({problem}), probably cut by a kill; set aside as "
+            f"{aside.name}")
 
 
 def save_from_processes(trainer, final: Path, lora: bool, note: dict) -> None:
