@@ -93,6 +93,7 @@ def write_report(run_dir: str | Path | RunDir, samples: int = 4) -> tuple[Path, 
         ablation_section(doc, run, summary)
         evasiveness_section(doc, run, summary)
     accuracy_section(doc, run, summary)
+    principles_section(doc, run)
     rl_section(doc, run)
     if summary and summary.get("benchmarks"):
         benchmark_section(doc, summary)
@@ -248,6 +249,28 @@ def accuracy_section(doc: Doc, run: RunDir, s: dict | None) -> None:
     if rows:
         doc.heading("Preference-model and feedback accuracy")
         doc.table(["judge of pairs", "on", "accuracy", "95% CI"], rows)
+
+
+def principles_section(doc: Doc, run: RunDir) -> None:
+    """`cai constitution evaluate`'s per-principle table and K curve, when the run has one."""
+    r = _json(run.constitution_eval.path / "results.json")
+    if not r:
+        return
+    doc.heading("Choice principles, one by one")
+    doc.para(f"{r['constitution']} on {r['pairs']} human-labelled pairs ({r['data']}), "
+             f"feedback model {r['model']}: each pair labelled under every principle in both "
+             "orders. Position consistency: how often the same letter wins after the swap "
+             "(1.0 = position only). Leave-one-out: the all-principle ensemble's accuracy "
+             "minus its accuracy without the principle.")
+    png = run.constitution_eval.path / "k_curve.png"
+    if png.is_file():
+        doc.image(png, run.relative(png), "Accuracy of an ensemble of K principles", "k_curve")
+    doc.table(["principle", "accuracy", "95% CI", "position consistency", "ECE",
+               "disagrees with ensemble", "leave-one-out"],
+              [[t["principle"], fmt(t["accuracy"]), ci(t["ci95"], 3),
+                fmt(t["position_consistency"], 2), fmt(t["ece"]),
+                fmt(t["disagrees_with_ensemble"], 2), fmt(t["leave_one_out"])]
+               for t in r["principles"]])
 
 
 def rl_section(doc: Doc, run: RunDir) -> None:

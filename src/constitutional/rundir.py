@@ -29,7 +29,7 @@ CALLS = "calls.jsonl"
 FOLDER_ORDER = ["critique", "helpful", "export", "sl_model", "sl_answers", "pairs", "label",
                 "pm", "rl", "eval", "self_instruct", "redteam_topics", "redteam",
                 "instructions", "self_align", "engrave", "verbose_answers", "verbose",
-                "selfalign_samples"]
+                "selfalign_samples", "constitution_eval"]
 
 
 def slug(text: str) -> str:
@@ -127,6 +127,11 @@ class RunDir:
     @property
     def labels(self) -> StageDir:
         return StageDir(self.root, "label")
+
+    @property
+    def constitution_eval(self) -> StageDir:
+        """`cai constitution evaluate`: every pair under every principle; results.json."""
+        return StageDir(self.root, "constitution_eval")
 
     @property
     def pm(self) -> StageDir:

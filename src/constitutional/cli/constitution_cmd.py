@@ -1,6 +1,10 @@
-"""`cai constitution show|validate`: read a constitution in any supported format and check it."""
+"""`cai constitution show|validate|evaluate`: read a constitution in any supported format, check
+it, and measure which of its choice principles the feedback model applies."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 from rich.table import Table
@@ -62,3 +66,68 @@ def _counts(c) -> str:
             f"{len(ex.choice)} choice, {len(ex.choice_cot)} chain-of-thought" +
             (f"; SELF-ALIGN: {len(c.self_align.principles)} principles, "
              f"{len(c.self_align.exemplars)} exemplars" if c.self_align else ""))
+
+
+@constitution_app.command("evaluate")
+def evaluate_cmd(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    data: str = typer.Option(..., "--data", "-d", help="Human-labelled pairs (HHH, HH, TRL "
+                             "preference rows; any source `cai label` reads)."),
+    model: str = typer.Option(None, "--model", "-m", help="The feedback model (default: the "
+                              "built-in qwen2.5-coder-1.5b)."),
+    out_dir: Path = typer.Option(None, "--out", "-o", help="Run folder (resumable; default "
+                                 "runs/constitution-<name>)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N pairs only."),
+    select: Optional[int] = typer.Option(None, "--select", help="Also write a constitution "
+                                         "with the N principles that help most."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Label config YAML "
+                                          "(format, layout, few-shot, calibration)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Use the scripted fake backend."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides of "
+                                                    "the label config"),
+):
+    """Which choice principles the feedback model applies: per-principle accuracy, position
+    consistency, calibration and disagreement; the ensemble's accuracy by K; leave-one-out."""
+    from constitutional.cli.common import backend_loader, check_model, flags, log
+    from constitutional.config import load_config
+    from constitutional.constitution import load_constitution, to_yaml
+    from constitutional.evals.principles import evaluate_constitution, select as best
+    from constitutional.evals.principles import selected_constitution
+    from constitutional.jsonio import write_atomic
+    from constitutional.labeling import LabelConfig
+    from constitutional.models import DEFAULT_FEEDBACK_MODEL
+    from constitutional.rundir import RunDir, slug
+
+    _, c = load_constitution(source)
+    c.require("choice", source)
+    cfg = load_config(LabelConfig, config, overrides, flags(
+        constitution=source, model__name=model or DEFAULT_FEEDBACK_MODEL,
+        model__backend="fake" if dry_run else None))
+    check_model(cfg.model)
+    run = RunDir(out_dir or Path("runs") / f"constitution-{slug(c.name)}")
+    run.save_config(cfg, "constitution_eval.config.yaml")
+    r = evaluate_constitution(cfg, data, run, lambda: backend_loader(cfg, run.root), log, limit)
+    table = Table("principle", "accuracy", "95% CI", "position consistency", "ECE",
+                  "disagrees w/ ensemble", "leave-one-out",
+                  title=f"{r['constitution']} on {r['pairs']} pairs, {r['model']}")
+    for t in r["principles"]:
+        pc = t["position_consistency"]
+        table.add_row(t["principle"], f"{t['accuracy']:.3f}",
+                      f"{t['ci95'][0]:.3f}-{t['ci95'][1]:.3f}", "-" if pc is None else f"{pc:.2f}",
+                      f"{t['ece']:.3f}", f"{t['disagrees_with_ensemble']:.2f}",
+                      f"{t['leave_one_out']:+.3f}")
+    out.print(table)
+    curve = Table("K", "accuracy", "95% CI", title="ensemble of K principles per pair")
+    for p in r["k_curve"]:
+        curve.add_row(str(p["k"]), f"{p['accuracy']:.3f}",
+                      f"{p['ci95'][0]:.3f}-{p['ci95'][1]:.3f}")
+    out.print(curve)
+    folder = run.constitution_eval.path
+    if select:
+        keep = best(r["principles"], {t["principle"]: t["leave_one_out"]
+                                      for t in r["principles"]}, select)
+        path = folder / f"selected-{select}.yaml"
+        write_atomic(path, to_yaml(selected_constitution(source, keep)))
+        out.print(f"selected {', '.join(keep)} -> {path}", highlight=False)
+    out.print(f"results -> {folder / 'results.json'}, plot -> {folder / 'k_curve.png'} "
+              "(`cai report` adds a section)", highlight=False)
