@@ -75,6 +75,10 @@ def test_each_metric_matches_the_hand_computed_value(tmp_path):
     # leave-one-out: without RIGHT, (0.5 + 1 - P_WEAK) / 2 < 0.5 gets every pair wrong
     assert t["right"]["leave_one_out"] == 1.0
     assert t["wrong"]["leave_one_out"] == 0.0 and t["letter-a"]["leave_one_out"] == 0.0
+    # and in mean p(preferred): without WRONG the ensemble is surer, so WRONG's is negative
+    full_p = (0.5 + P_HIGH + 1 - P_WEAK) / 3
+    assert t["wrong"]["leave_one_out_p"] == pytest.approx(full_p - (0.5 + P_HIGH) / 2, abs=1e-5)
+    assert t["right"]["leave_one_out_p"] == pytest.approx(full_p - (1.5 - P_WEAK) / 2, abs=1e-5)
     # K = 1: the drawn principle's own score, drawn as `cai label` draws it
     names = ["letter-a", "right", "wrong"]
     own = {"letter-a": 0.5, "right": 1.0, "wrong": 0.0}
@@ -93,10 +97,12 @@ def test_select_keeps_the_principles_that_help_most(tmp_path):
     r = evaluate_constitution(cfg, str(data), RunDir(tmp_path / "run"),
                               lambda: FakeBackend(scores=scripted), log=lambda m: None)
     table = r["principles"]
-    contribution = {t["principle"]: t["leave_one_out"] for t in table}
-    assert select(table, contribution, 1) == ["right"]
-    ties = {n: 0.0 for n in contribution}            # equal contributions: by accuracy
-    assert select(table, ties, 2) == ["right", "letter-a"]
+    assert select(table, 1) == ["right"]
+    # equal leave-one-out accuracy: by leave-one-out p, then by their own accuracy
+    flat = [{**t, "leave_one_out": 0.0} for t in table]
+    assert select(flat, 3)[0] == "right"
+    even = [{**t, "leave_one_out": 0.0, "leave_one_out_p": 0.0} for t in table]
+    assert select(even, 2) == ["right", "letter-a"]
     c = selected_constitution(cfg.constitution, ["wrong", "right"])
     assert [p.name for p in c.choice] == ["wrong", "right"]
 

@@ -261,15 +261,16 @@ def principles_section(doc: Doc, run: RunDir) -> None:
              f"feedback model {r['model']}: each pair labelled under every principle in both "
              "orders. Position consistency: how often the same letter wins after the swap "
              "(1.0 = position only). Leave-one-out: the all-principle ensemble's accuracy "
-             "minus its accuracy without the principle.")
+             "(and mean p of the preferred answer) minus the ensemble's without the principle.")
     png = run.constitution_eval.path / "k_curve.png"
     if png.is_file():
         doc.image(png, run.relative(png), "Accuracy of an ensemble of K principles", "k_curve")
     doc.table(["principle", "accuracy", "95% CI", "position consistency", "ECE",
-               "disagrees with ensemble", "leave-one-out"],
+               "disagrees with ensemble", "leave-one-out: accuracy", "p(preferred)"],
               [[t["principle"], fmt(t["accuracy"]), ci(t["ci95"], 3),
                 fmt(t["position_consistency"], 2), fmt(t["ece"]),
-                fmt(t["disagrees_with_ensemble"], 2), fmt(t["leave_one_out"])]
+                fmt(t["disagrees_with_ensemble"], 2), fmt(t["leave_one_out"]),
+                fmt(t.get("leave_one_out_p"), 4)]
                for t in r["principles"]])
 
 

@@ -92,7 +92,8 @@ class _StopRows:
 
 def generate(model, requests: Sequence[kv_engine.DecodeRequest], *, temperature: float,
              top_p: float, top_k: int, max_tokens: int, eos_ids: set[int], pad_id: int,
-             should_stop: Callable[[list[int]], bool] | None = None) -> list[kv_engine.DecodeResult]:
+             should_stop: Callable[[list[int]], bool] | None = None
+             ) -> list[kv_engine.DecodeResult]:
     """`kv_engine.decode_batch`'s contract on `model.generate`."""
     if temperature > 0:        # one row at a time: each one's own seed
         out = []

@@ -188,21 +188,10 @@ class TransformersBackend:
         return [[results[(i, j)] for j in range(sampling.n)] for i in range(len(prompts))]
 
     def _memory_batches(self, items, encoded, new_tokens: int) -> list[list]:
-        """Consecutive runs of at most `batch_size` rows whose KV cache (rows x longest
-        sequence x bytes per token) fits the memory budget; a row always runs."""
-        per_token, budget = self._kv_bytes_per_token(), kv_budget_bytes(self.model.device)
-        batches, cur, longest = [], [], 0
-        for it in items:
-            n = len(encoded[it[0]]) + new_tokens
-            size = (len(cur) + 1) * max(longest, n) * per_token
-            if cur and (len(cur) >= self.batch_size or size > budget):
-                batches.append(cur)
-                cur, longest = [], 0
-            cur.append(it)
-            longest = max(longest, n)
-        if cur:
-            batches.append(cur)
-        return batches
+        """Runs of at most `batch_size` rows whose KV cache (rows x longest sequence x bytes
+        per token) fits the memory budget."""
+        tokens = kv_budget_bytes(self.model.device) / self._kv_bytes_per_token()
+        return pack(items, lambda it: len(encoded[it[0]]) + new_tokens, tokens, self.batch_size)
 
     def _kv_bytes_per_token(self) -> int:
         c = self.model.config
@@ -303,18 +292,25 @@ class TransformersBackend:
         return out  # type: ignore[return-value]
 
     def _budget_batches(self, idx: list[int], rows) -> list[list[int]]:
-        """Consecutive runs whose padded size (rows x longest) fits the token budget."""
-        batches, cur, longest = [], [], 0
-        for i in idx:
-            n = len(rows[i].tokens)
-            if cur and max(longest, n) * (len(cur) + 1) > self.score_batch_tokens:
-                batches.append(cur)
-                cur, longest = [], 0
-            cur.append(i)
-            longest = max(longest, n)
-        if cur:
+        """Runs whose padded size (rows x longest) fits the scoring token budget."""
+        return pack(idx, lambda i: len(rows[i].tokens), self.score_batch_tokens)
+
+
+def pack(items: list, length, budget: float, max_rows: int | None = None) -> list[list]:
+    """Consecutive runs of `items` whose padded size (rows x the longest `length`) stays
+    within `budget`, of at most `max_rows` rows; an item alone always makes a run."""
+    batches, cur, longest = [], [], 0
+    for it in items:
+        n = length(it)
+        full = max_rows is not None and len(cur) >= max_rows
+        if cur and (full or max(longest, n) * (len(cur) + 1) > budget):
             batches.append(cur)
-        return batches
+            cur, longest = [], 0
+        cur.append(it)
+        longest = max(longest, n)
+    if cur:
+        batches.append(cur)
+    return batches
 
 
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:

@@ -108,14 +108,14 @@ def evaluate_cmd(
     run.save_config(cfg, "constitution_eval.config.yaml")
     r = evaluate_constitution(cfg, data, run, lambda: backend_loader(cfg, run.root), log, limit)
     table = Table("principle", "accuracy", "95% CI", "position consistency", "ECE",
-                  "disagrees w/ ensemble", "leave-one-out",
+                  "disagrees w/ ensemble", "leave-one-out: accuracy", "p(preferred)",
                   title=f"{r['constitution']} on {r['pairs']} pairs, {r['model']}")
     for t in r["principles"]:
         pc = t["position_consistency"]
         table.add_row(t["principle"], f"{t['accuracy']:.3f}",
                       f"{t['ci95'][0]:.3f}-{t['ci95'][1]:.3f}", "-" if pc is None else f"{pc:.2f}",
                       f"{t['ece']:.3f}", f"{t['disagrees_with_ensemble']:.2f}",
-                      f"{t['leave_one_out']:+.3f}")
+                      f"{t['leave_one_out']:+.3f}", f"{t['leave_one_out_p']:+.4f}")
     out.print(table)
     curve = Table("K", "accuracy", "95% CI", title="ensemble of K principles per pair")
     for p in r["k_curve"]:
@@ -124,8 +124,7 @@ def evaluate_cmd(
     out.print(curve)
     folder = run.constitution_eval.path
     if select:
-        keep = best(r["principles"], {t["principle"]: t["leave_one_out"]
-                                      for t in r["principles"]}, select)
+        keep = best(r["principles"], select)
         path = folder / f"selected-{select}.yaml"
         write_atomic(path, to_yaml(selected_constitution(source, keep)))
         out.print(f"selected {', '.join(keep)} -> {path}", highlight=False)

@@ -12,7 +12,9 @@ with no further model calls:
   often its pick disagrees with the ensemble of all principles;
 - the ensemble: accuracy as a function of K, the principles drawn per pair exactly as
   `cai label` draws them (seeded by the pair's id), and each principle's leave-one-out
-  contribution (the all-principle ensemble's accuracy minus the ensemble's without it).
+  contribution: the all-principle ensemble's accuracy minus the ensemble's without it, and,
+  finer (one principle of many seldom flips a pick), the same for the ensemble's mean
+  p(human-preferred answer).
 
 A vote's `p_first` is p(answer a is better) whichever order it was asked in.
 """
@@ -70,11 +72,14 @@ def per_principle(rows: list[dict], names: list[str]) -> list[dict]:
 
 def ensemble_accuracy(rows: list[dict], chosen: dict[str, list[str]]) -> tuple[float, list]:
     """Accuracy of averaging, for each row, the votes of the principles `chosen[row id]`."""
-    scores = []
-    for r in rows:
-        votes = [v["p_first"] for v in r["votes"] if v["principle"] in chosen[r["id"]]]
-        scores.append(pick_score(p_human_better(_mean(votes), r)))
+    scores = [pick_score(p) for p in ensemble_p(rows, chosen)]
     return _mean(scores), scores
+
+
+def ensemble_p(rows: list[dict], chosen: dict[str, list[str]]) -> list[float]:
+    """Each row's p(human-preferred answer) from the votes of `chosen[row id]`."""
+    return [p_human_better(_mean([v["p_first"] for v in r["votes"]
+                                  if v["principle"] in chosen[r["id"]]]), r) for r in rows]
 
 
 def k_curve(rows: list[dict], names: list[str], seed: int = 0) -> list[dict]:
@@ -88,22 +93,27 @@ def k_curve(rows: list[dict], names: list[str], seed: int = 0) -> list[dict]:
     return out
 
 
-def leave_one_out(rows: list[dict], names: list[str]) -> dict[str, float]:
-    """{principle: all-principle ensemble accuracy - the ensemble's accuracy without it}."""
+def leave_one_out(rows: list[dict], names: list[str]) -> dict[str, tuple[float, float]]:
+    """{principle: (all-principle ensemble accuracy - the ensemble's accuracy without it,
+    the same for the mean p(human-preferred answer))}."""
     every = {r["id"]: names for r in rows}
-    full, _ = ensemble_accuracy(rows, every)
+    full_acc, full_p = ensemble_accuracy(rows, every)[0], _mean(ensemble_p(rows, every))
     out = {}
     for name in names:
-        rest = [n for n in names if n != name]
-        acc, _ = ensemble_accuracy(rows, {r["id"]: rest for r in rows}) if rest else (0.5, [])
-        out[name] = full - acc
+        rest = {r["id"]: [n for n in names if n != name] for r in rows}
+        if len(names) == 1:
+            out[name] = (full_acc - 0.5, full_p - 0.5)
+            continue
+        out[name] = (full_acc - ensemble_accuracy(rows, rest)[0],
+                     full_p - _mean(ensemble_p(rows, rest)))
     return out
 
 
-def select(table: list[dict], contribution: dict[str, float], n: int) -> list[str]:
-    """The n principles that help most: by leave-one-out contribution, then accuracy."""
-    ranked = sorted(table, key=lambda t: (-contribution[t["principle"]], -t["accuracy"],
-                                          t["principle"]))
+def select(table: list[dict], n: int) -> list[str]:
+    """The n principles that help most: by leave-one-out accuracy, then leave-one-out
+    p(preferred), then their own accuracy."""
+    ranked = sorted(table, key=lambda t: (-t["leave_one_out"], -t["leave_one_out_p"],
+                                          -t["accuracy"], t["principle"]))
     return [t["principle"] for t in ranked[:n]]
 
 
@@ -111,7 +121,7 @@ def summarize(rows: list[dict], names: list[str], seed: int = 0) -> dict:
     table = per_principle(rows, names)
     loo = leave_one_out(rows, names)
     for t in table:
-        t["leave_one_out"] = loo[t["principle"]]
+        t["leave_one_out"], t["leave_one_out_p"] = loo[t["principle"]]
     curve = k_curve(rows, names, seed)
     return {"pairs": len(rows), "principles": table, "k_curve": curve,
             "ensemble_accuracy": curve[-1]["accuracy"] if curve else None}
