@@ -126,7 +126,7 @@ def test_every_preference_shape_reads_as_the_same_comparison(tmp_path, shape):
      "rejected", "differ before the final reply"),
     ({"chosen": [{"role": "assistant", "content": "x"}], "rejected": TURN}, "chosen",
      "ending with a non-empty assistant reply"),
-    ({"prompt": [{"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"}, "prompt",
+    ({"prompt": [{"role": "bot", "content": "x"}], "chosen": "a", "rejected": "b"}, "prompt[0]",
      "{role, content}"),
 ])
 def test_bad_preference_rows_name_line_and_field(tmp_path, row, field, what):
@@ -219,7 +219,7 @@ def test_export_writes_three_trl_shaped_datasets_with_a_card(tmp_path):
     assert "**feedback model:** `smollm2-135m`" in card and "mean label" in card
     assert "harmless v" in card and "choice principles" in card
     m = json.loads((out / "manifest.json").read_text())
-    assert m["rows"] == {"sft": 4, "pairs": 4, "labelled": 6} or m["rows"]["labelled"] == 6
+    assert m["rows"] == {"sft": 4, "pairs": 4, "labelled": 6}
 
 
 def test_exports_read_back_by_label_train_sft_and_train_pm(tmp_path, tiny_llama):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from constitutional.errors import InputError
+from constitutional.prompts_io import chat
 
 Turn = tuple[str, str]
 _TAG = re.compile(r"(?:^|\n\n)(Human|Assistant):[ ]?")
@@ -54,12 +55,8 @@ def _text(obj: dict, key: str, path: str, line: int) -> str:
 
 def _messages(value, path: str, line: int, field: str) -> tuple[Turn, ...]:
     """A list of {role, content} messages as turns, system messages left out."""
-    if not isinstance(value, list) or not value or not all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-            and isinstance(m.get("content"), str) for m in value):
-        raise InputError("expected a list of {role, content} messages", path=path,
-                         line=line, field=field)
-    return tuple((m["role"], m["content"]) for m in value if m["role"] != "system")
+    return tuple((m["role"], m["content"]) for m in chat(value, path, line, field)
+                 if m["role"] != "system")
 
 
 def _conversation(obj: dict, path: str, line: int) -> tuple[Turn, ...]:

@@ -134,8 +134,6 @@ def _dataset(src: Source):
         else:
             target = str(src.path) if src.kind == "folder" else src.spec.split(":")[0]
             ds = datasets.load_dataset(target, src.config)
-    except InputError:
-        raise
     except Exception as e:   # the library's own errors: no network, no such dataset, no files
         where = "the hub" if src.kind == "hub" else "here"
         raise InputError(f"cannot load a dataset from {where}: {type(e).__name__}: "

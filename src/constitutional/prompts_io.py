@@ -101,7 +101,7 @@ def _messages(obj: dict[str, Any], path: str, line: int) -> list[dict[str, str]]
     if "prompt" in obj and not ends_with_user:
         prompt = obj["prompt"]
         if isinstance(prompt, list):
-            return _chat(prompt, path, line, "prompt")
+            return chat(prompt, path, line, "prompt", last="user")
         if not isinstance(prompt, str):
             raise InputError(f"must be a string or a list of messages, got "
                              f"{type(prompt).__name__}", path=path, line=line, field="prompt")
@@ -113,20 +113,25 @@ def _messages(obj: dict[str, Any], path: str, line: int) -> list[dict[str, str]]
         if isinstance(msgs, list):      # an SFT row: the conversation before its answers
             while msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "assistant":
                 msgs = msgs[:-1]
-        return _chat(msgs, path, line, "messages")
+        return chat(msgs, path, line, "messages", last="user")
     raise InputError("missing field (each row needs `prompt`, or `messages`)", path=path,
                      line=line, field="prompt")
 
 
-def _chat(msgs: Any, path: str, line: int, field: str) -> list[dict[str, str]]:
+def chat(msgs: Any, path: str, line: int, field: str,
+         last: str | None = None) -> list[dict[str, str]]:
+    """A list of {role, content} messages, checked (the one check of every reader's chats):
+    `last` names the role the chat must end with, in a non-empty turn."""
     if not isinstance(msgs, list) or not msgs:
-        raise InputError("must be a non-empty list", path=path, line=line, field=field)
+        raise InputError("must be a non-empty list of {role, content} messages", path=path,
+                         line=line, field=field)
     for i, m in enumerate(msgs):
         if not isinstance(m, dict) or m.get("role") not in ROLES or \
                 not isinstance(m.get("content"), str):
             raise InputError("each message needs a role (system/user/assistant) and a "
-                             "string content", path=path, line=line, field=f"{field}[{i}]")
-    if msgs[-1]["role"] != "user" or not msgs[-1]["content"].strip():
-        raise InputError("the last message must be a non-empty user turn", path=path,
+                             "string content, as {role, content}", path=path, line=line,
+                             field=f"{field}[{i}]")
+    if last and (msgs[-1]["role"] != last or not msgs[-1]["content"].strip()):
+        raise InputError(f"the last message must be a non-empty {last} turn", path=path,
                          line=line, field=field)
     return [{"role": m["role"], "content": m["content"]} for m in msgs]

@@ -232,9 +232,9 @@ class TransformersBackend:
                 row.targets.append(target)
                 refs.append((key, len(row.targets) - 1))
             where.append(refs)
-        self._check_context([len(k) + 1 for k in rows], 0)
-        longest = max(len(k) + 1 for k in rows)
-        if self._route(longest):
+        lengths = [len(k) + 1 for k in rows]          # a row's key is all but its last token
+        self._check_context(lengths, 0)
+        if self._route(max(lengths)):
             with plain_engine.native_attention(self.model, self.native):
                 scores = self._plain_scores(list(rows.values()))
         else:

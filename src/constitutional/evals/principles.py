@@ -46,11 +46,12 @@ def _mean(xs: Sequence[float]) -> float:
 def per_principle(rows: list[dict], names: list[str]) -> list[dict]:
     """The per-principle table (see the module docstring), in constitution order."""
     ensemble = [_mean([v["p_first"] for v in r["votes"]]) for r in rows]
+    by_principle = [principle_probs(r) for r in rows]
     out = []
     for name in names:
         scores, p_better, same_letter, disagree = [], [], [], []
-        for r, p_all in zip(rows, ensemble):
-            votes = principle_probs(r).get(name, [])
+        for r, p_all, votes_of in zip(rows, ensemble, by_principle):
+            votes = votes_of.get(name, [])
             if not votes:
                 continue
             p_a = _mean([v["p_first"] for v in votes])
@@ -96,16 +97,18 @@ def k_curve(rows: list[dict], names: list[str], seed: int = 0) -> list[dict]:
 def leave_one_out(rows: list[dict], names: list[str]) -> dict[str, tuple[float, float]]:
     """{principle: (all-principle ensemble accuracy - the ensemble's accuracy without it,
     the same for the mean p(human-preferred answer))}."""
-    every = {r["id"]: names for r in rows}
-    full_acc, full_p = ensemble_accuracy(rows, every)[0], _mean(ensemble_p(rows, every))
+    def accuracy_and_p(chosen) -> tuple[float, float]:
+        ps = ensemble_p(rows, chosen)
+        return _mean([pick_score(p) for p in ps]), _mean(ps)
+
+    full_acc, full_p = accuracy_and_p({r["id"]: names for r in rows})
     out = {}
     for name in names:
-        rest = {r["id"]: [n for n in names if n != name] for r in rows}
         if len(names) == 1:
             out[name] = (full_acc - 0.5, full_p - 0.5)
             continue
-        out[name] = (full_acc - ensemble_accuracy(rows, rest)[0],
-                     full_p - _mean(ensemble_p(rows, rest)))
+        acc, p = accuracy_and_p({r["id"]: [n for n in names if n != name] for r in rows})
+        out[name] = (full_acc - acc, full_p - p)
     return out
 
 

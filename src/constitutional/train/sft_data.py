@@ -15,6 +15,7 @@ from pathlib import Path
 
 from constitutional.errors import InputError
 from constitutional.datasource import read_rows
+from constitutional.prompts_io import chat
 
 
 def revision_examples(path: str | Path, include_flagged: bool = False) -> list[dict]:
@@ -55,33 +56,22 @@ def sft_example(row: dict, path: str, line: int, kind: str) -> dict:
             not isinstance(row.get("prompt"), list) else row.get("prompt")
         if isinstance(prompt, str) and prompt.strip():
             prompt = [{"role": "user", "content": prompt}]
-        prompt = _chat(prompt, path, line, "prompt", last="user")
+        prompt = chat(prompt, path, line, "prompt", last="user")
         completion = row["completion"]
         reply = completion if isinstance(completion, str) else \
-            _chat(completion, path, line, "completion", last="assistant")[-1]["content"]
+            chat(completion, path, line, "completion", last="assistant")[-1]["content"]
         if not reply.strip():
             raise InputError("empty completion", path=path, line=line, field="completion")
         return _example(prompt, reply, rid, kind)
     if "messages" in row:
-        msgs = _chat(row["messages"], path, line, "messages", last="assistant")
+        msgs = chat(row["messages"], path, line, "messages", last="assistant")
+        if len(msgs) < 2:
+            raise InputError("expected the prompt before the answer", path=path, line=line,
+                             field="messages")
         return _example(msgs[:-1], msgs[-1]["content"], rid, kind)
     raise InputError("not an SFT row: expected `messages` ending with the answer, "
                      "`prompt`/`completion`, or a critique output row", path=path, line=line,
                      field="messages")
-
-
-def _chat(msgs, path: str, line: int, field: str, last: str) -> list[dict]:
-    roles = ("system", "user", "assistant")
-    if not isinstance(msgs, list) or not msgs or not all(
-            isinstance(m, dict) and m.get("role") in roles and isinstance(m.get("content"), str)
-            for m in msgs):
-        raise InputError("expected a non-empty list of {role, content} messages", path=path,
-                         line=line, field=field)
-    if msgs[-1]["role"] != last or (last == "assistant" and len(msgs) < 2):
-        raise InputError(f"expected the conversation to end with a {last} turn"
-                         + (" after the prompt" if last == "assistant" else ""),
-                         path=path, line=line, field=field)
-    return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
 def _example(messages: list[dict], reply: str, source_id: str, kind: str) -> dict:
