@@ -91,3 +91,32 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     """Cut text before the earliest stop string; return (text, whether one was found)."""
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def option_span(seqs: Sequence[Sequence[int]]) -> tuple[int, int]:
+    """(lead, trail) of one prompt's options, as token sequences of prompt + option, for
+    score_choices: the tokens all of them start with (conditioned on, not scored) and end with
+    (dropped: the ")" of " (A)"/" (B)"). Each option keeps at least one scored token. A shared
+    ending is kept as far as dropping it would make one option's scored tokens a prefix of
+    another's (" 1/10" and " 10/10" where digits are single tokens: "1" would also count the
+    mass of "10"), so the options stay exclusive."""
+    lead = min(_common_prefix(seqs), min(map(len, seqs)) - 1)
+    tails = [s[lead:] for s in seqs]
+    trail = min(_common_prefix([t[::-1] for t in tails]), min(map(len, tails)) - 1)
+    while trail > 0 and _nested([t[:len(t) - trail] for t in tails]):
+        trail -= 1
+    return lead, trail
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    n, first = min(map(len, seqs)), seqs[0]
+    k = 0
+    while k < n and all(s[k] == first[k] for s in seqs):
+        k += 1
+    return k
+
+
+def _nested(seqs: Sequence[Sequence[int]]) -> bool:
+    """Whether any sequence is a strict prefix of another."""
+    as_tuples = {tuple(s) for s in seqs}
+    return any(tuple(s[:k]) in as_tuples for s in seqs for k in range(1, len(s)))

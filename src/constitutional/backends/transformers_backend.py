@@ -19,7 +19,8 @@ import torch
 from constitutional.backends import kv_engine, plain_engine
 from constitutional.backends.cpu_runtime import keep_freed_memory
 from constitutional.backends.base import (Completion, ContextLengthError, Progress, Prompt,
-                                          Sampling, cut_at_stop, prompt_key, sample_seed)
+                                          Sampling, cut_at_stop, option_span, prompt_key,
+                                          sample_seed)
 from constitutional.errors import InputError
 from constitutional.models import resolve_model
 
@@ -218,12 +219,9 @@ class TransformersBackend:
             if not opts:
                 raise InputError("score_choices needs at least one option per prompt")
             full = [self.encode(p, o) for o in opts]
-            shared = _common_prefix_len(full)
-            shared = min(shared, min(len(f) for f in full) - 1)
             # Tokens all options end with (the ")" of " (A)"/" (B)") are not part of the
             # choice: score the distinguishing span only, so letters share one row.
-            tails = [f[shared:] for f in full]
-            end = min(_common_prefix_len([t[::-1] for t in tails]), min(map(len, tails)) - 1)
+            shared, end = option_span(full)
             refs = []
             for f in full:
                 target = f[shared:len(f) - end]
@@ -319,10 +317,6 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    return min(_lcp(seqs[0], s) for s in seqs)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from constitutional.backends.base import (Completion, Progress, Prompt, Sampling, prompt_key,
-                                          sample_seed)
+from constitutional.backends.base import (Completion, Progress, Prompt, Sampling, option_span,
+                                          prompt_key, sample_seed)
 from constitutional.errors import InputError
 
 
@@ -82,21 +82,13 @@ class VLLMBackend:
         for opts in options:
             rows = [next(outs) for _ in opts]
             ids = [r.prompt_token_ids for r in rows]
-            lead = _shared(ids)
-            tail = _shared([x[::-1] for x in ids])
+            lead, tail = option_span(ids)
             vals = []
             for r, x in zip(rows, ids):
-                end = len(x) - min(tail, len(x) - lead - 1)
+                end = len(x) - tail
                 vals.append(sum(r.prompt_logprobs[t][x[t]].logprob for t in range(lead, end)))
             result.append(vals)
             if progress:
                 progress(1)
         return result
 
-
-def _shared(seqs: list[list[int]]) -> int:
-    n = min(len(s) for s in seqs)
-    k = 0
-    while k < n and all(s[k] == seqs[0][k] for s in seqs):
-        k += 1
-    return k

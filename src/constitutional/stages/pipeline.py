@@ -93,6 +93,7 @@ def models_used(cfg) -> list:
     out += [cfg.selfalign.feedback] if cfg.selfalign.feedback and "self-align" in cfg.stages \
         else []
     out += [cfg.eval.judge] if "eval" in cfg.stages else []
+    out += [cfg.rl.judge] if "rl" in cfg.stages and cfg.rl.reward == "judge" else []
     return out
 
 

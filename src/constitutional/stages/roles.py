@@ -7,7 +7,8 @@
                its own:
       critic   writes the critiques and revisions of SL-CAI (`policy`: the paper's
                self-critique, where the helpful model revises its own answers);
-      labeler  labels the pairs (RL-CAI's AI feedback);
+      labeler  labels the pairs (RL-CAI's AI feedback), and rates the answers of RL with
+               `rl.reward: judge` (d-RLAIF);
       judge    compares the models in the evaluation and reads their evasiveness;
       writer   writes SELF-ALIGN's principle-driven and verbose answers (`policy`: the
                paper's self-alignment), from which the policy is engraved and cloned.
@@ -41,7 +42,8 @@ class RolesConfig(StrictModel):
         description="The model that critiques, labels and judges (see the uses below).")
     critic: Use = Field("feedback", description="Who writes SL-CAI's critiques and "
                         "revisions (policy: the paper's self-critique).")
-    labeler: Use = Field("feedback", description="Who labels the pairs.")
+    labeler: Use = Field("feedback", description="Who labels the pairs (and rates the "
+                         "answers for rl.reward: judge).")
     judge: Use = Field("feedback", description="Who judges the evaluation and evasiveness.")
     writer: Use = Field("feedback", description="Who writes SELF-ALIGN's principle-driven "
                         "and verbose answers (policy: the paper's self-alignment).")
@@ -71,6 +73,7 @@ def apply_roles(cfg) -> None:
     elif roles.critic == "feedback":      # self-critique needs no second model: stays None
         cfg.critique.critic = roles.feedback.model_copy(deep=True)
     cfg.label.model = merged(roles.model(roles.labeler), cfg.label.model)
+    cfg.rl.judge = merged(roles.model(roles.labeler), cfg.rl.judge)
     cfg.eval.judge = merged(roles.model(roles.judge), cfg.eval.judge)
     sa = cfg.selfalign
     sa.model = merged(policy, sa.model)
@@ -83,5 +86,6 @@ def apply_roles(cfg) -> None:
 def feedback_models(cfg) -> list[ModelConfig]:
     """The models a recipe uses to give feedback (kept loaded across its stages)."""
     out = [cfg.label.model, cfg.eval.judge]
+    out += [cfg.rl.judge] if cfg.rl.reward == "judge" else []
     out += [m for m in (cfg.critique.critic, cfg.selfalign.feedback) if m is not None]
     return out

@@ -49,13 +49,16 @@ class GRPOTrainConfig(Schedule, TrainSettings):
 
 def run_grpo(cfg: GRPOTrainConfig, run_dir: str | Path, log: Callable[[str], None] = print,
              reward_fn: RewardFn | None = None,
-             method: Literal["grpo", "rloo"] = "grpo") -> StageResult:
+             method: Literal["grpo", "rloo"] = "grpo",
+             reward_inputs: dict | None = None) -> StageResult:
+    """`reward_fn` in place of the preference model; `reward_inputs`: what the fingerprint
+    holds of it (e.g. `JudgeReward.identity()`)."""
     from constitutional.prompts_io import load_prompts
     run = RunDir.of(run_dir)
     pm_path = cfg.reward_model or str(run.pm_model)
     ppath, rows = load_prompts(cfg.prompts, cfg.limit)
-    inputs = {"prompts": digest(ppath), "reward_model": model_identity(pm_path),
-              "policy": model_identity(cfg.model.name)}
+    inputs = {"prompts": digest(ppath), **(reward_inputs or {"reward_model": model_identity(
+        pm_path)}), "policy": model_identity(cfg.model.name)}
 
     def train(data, stage: StageDir, lg) -> list[dict]:
         fn = reward_fn or pm_reward_for_grpo(pm_path)

@@ -29,8 +29,9 @@ from constitutional.train.ppo import STAGE, PPOConfig, PPOTrainer, RewardFn, spl
 from constitutional.train.stage import reuse_or_reset, save_atomically
 
 
-def load_models(cfg: PPOConfig, pm_path: str):
-    """Policy (+ LoRA), tokenizer and a value model initialized from the preference model."""
+def load_models(cfg: PPOConfig, pm_path: str | None):
+    """Policy (+ LoRA), tokenizer and a value model initialized from the preference model
+    (without one, from the policy with a fresh head)."""
     bf16 = use_bf16(cfg.precision)
     policy, tok = load_trainable(cfg.model, lora=cfg.lora_settings if cfg.lora else None,
                                  bf16=bf16, seed=cfg.seed)
@@ -47,17 +48,22 @@ def pm_reward(pm_path: str, device: str = "auto") -> RewardFn:
 
 
 def run_ppo(cfg: PPOConfig, run_dir: str | Path | RunDir,
-            log: Callable[[str], None] = print, reward_fn: RewardFn | None = None) -> StageResult:
+            log: Callable[[str], None] = print, reward_fn: RewardFn | None = None,
+            reward_inputs: dict | None = None) -> StageResult:
+    """PPO against the preference model, or against `reward_fn`: with `reward_inputs` (what
+    the fingerprint holds of it, e.g. `JudgeReward.identity()`) it replaces the preference
+    model altogether; without, it is a stand-in (tests) and the PM still starts the value
+    model."""
     import torch
 
     from constitutional.prompts_io import conversation, load_prompts
 
     run = RunDir.of(run_dir)
-    pm_path = cfg.reward_model or str(run.pm_model)
+    pm_path = None if reward_inputs else cfg.reward_model or str(run.pm_model)
     ppath, rows = load_prompts(cfg.prompts, cfg.limit)
     train_rows, eval_rows = split_prompts(rows, cfg.eval_fraction, cfg.seed)
-    inputs = {"prompts": digest(ppath), "reward_model": model_identity(pm_path),
-              "policy": model_identity(cfg.model.name)}
+    inputs = {"prompts": digest(ppath), **(reward_inputs or {"reward_model": model_identity(
+        pm_path)}), "policy": model_identity(cfg.model.name)}
     fingerprint = sha256_json({"stage": STAGE, "config": results_config(cfg),
                                "inputs": inputs})
     done = reuse_or_reset(run.rl, fingerprint, log, count_key="steps")
