@@ -94,6 +94,7 @@ def write_report(run_dir: str | Path | RunDir, samples: int = 4) -> tuple[Path, 
         evasiveness_section(doc, run, summary)
     accuracy_section(doc, run, summary)
     principles_section(doc, run)
+    inverse_section(doc, run)
     rl_section(doc, run)
     if summary and summary.get("benchmarks"):
         benchmark_section(doc, summary)
@@ -274,12 +275,35 @@ def principles_section(doc: Doc, run: RunDir) -> None:
                for t in r["principles"]])
 
 
+def inverse_section(doc: Doc, run: RunDir) -> None:
+    """`cai constitution infer`'s candidates and held-out check, when the run has them."""
+    r = _json(run.constitution_infer / "results.json")
+    if not r:
+        return
+    doc.heading("Inferred constitution")
+    doc.para(f"From the preferences in {r['data']}, feedback model {r['model']}: "
+             f"{r['rules']} rules proposed on {r['proposed_from']} held-in pairs, "
+             f"{r['merged']} after merging at ROUGE-L >= {r['merge_threshold']}; each candidate "
+             f"alone labelled {r['tested_on']} held-in pairs in both orders (reconstruction "
+             f"accuracy). Kept: {', '.join(r['kept'])} -> {r['constitution']}.")
+    doc.table(["name", "choose the response that ...", "proposed", "accuracy", "95% CI",
+               "kept"], [[c["name"], c["text"], c["support"], fmt(c["accuracy"]),
+                          ci(c["ci95"], 3), "yes" if c["name"] in r["kept"] else ""]
+                         for c in r["candidates"]])
+    doc.table(["held-out pairs labelled under", "principles", "accuracy", "95% CI"],
+              [[f"{w} ({c['constitution']})", c["principles"], fmt(c["accuracy"]),
+                ci(c["ci95"], 3)] for w, c in r["held_out_check"].items()])
+
+
 def rl_section(doc: Doc, run: RunDir) -> None:
     path = run.rl.path / "eval.jsonl"
     if not path.is_file():
         return
+    manifest = _json(run.rl.path / "manifest.json") or {}
+    judged = (manifest.get("inputs") or {}).get("reward") == "judge"
     doc.heading("RL progress")
-    doc.para("Preference-model reward and KL to the SL-CAI policy on held-out prompts "
+    doc.para(("The judge's reward (the feedback model's rating)" if judged else
+              "Preference-model reward") + " and KL to the SL-CAI policy on held-out prompts "
              "(rl/eval.jsonl); training figures per iteration are in rl/log.jsonl.")
     doc.table(["step", "held-out reward", "KL (nats)"],
               [[r["step"], fmt(r["reward"]), fmt(r["kl"])] for r in read_output(path)])

@@ -8,6 +8,7 @@
     RUN/report.md, report.html                                stage report
     RUN/self_instruct/ redteam_topics/ redteam/ instructions/ self_align/ engrave/
         verbose_answers/ verbose/ selfalign_samples/          the SELF-ALIGN stages
+    RUN/constitution_eval/ constitution_infer/                the constitution workbench
 
 A stage's folder is named for the stage (`label/` for stage label, `engrave/`, `verbose/`); a
 stage made of several steps (sl-cai, redteam, verbose) has a folder per step. No other module
@@ -29,7 +30,7 @@ CALLS = "calls.jsonl"
 FOLDER_ORDER = ["critique", "helpful", "export", "sl_model", "sl_answers", "pairs", "label",
                 "pm", "rl", "eval", "self_instruct", "redteam_topics", "redteam",
                 "instructions", "self_align", "engrave", "verbose_answers", "verbose",
-                "selfalign_samples", "constitution_eval"]
+                "selfalign_samples", "constitution_eval", "constitution_infer"]
 
 
 def slug(text: str) -> str:
@@ -132,6 +133,22 @@ class RunDir:
     def constitution_eval(self) -> StageDir:
         """`cai constitution evaluate`: every pair under every principle; results.json."""
         return StageDir(self.root, "constitution_eval")
+
+    @property
+    def constitution_infer(self) -> Path:
+        """`cai constitution infer`: results.json, constitution.yaml and its steps' folders."""
+        return self.root / "constitution_infer"
+
+    @property
+    def infer_proposals(self) -> StageDir:
+        return StageDir(self.root, "constitution_infer/proposals")
+
+    @property
+    def infer_tests(self) -> StageDir:
+        return StageDir(self.root, "constitution_infer/tests")
+
+    def infer_heldout(self, which: str) -> StageDir:
+        return StageDir(self.root, f"constitution_infer/heldout/{slug(which)}")
 
     @property
     def pm(self) -> StageDir:

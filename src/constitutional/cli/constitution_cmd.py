@@ -1,5 +1,6 @@
-"""`cai constitution show|validate|evaluate`: read a constitution in any supported format, check
-it, and measure which of its choice principles the feedback model applies."""
+"""`cai constitution show|validate|evaluate|infer`: read a constitution in any supported format,
+check it, measure which of its choice principles the feedback model applies, and infer one
+from preference data."""
 
 from __future__ import annotations
 
@@ -130,3 +131,55 @@ def evaluate_cmd(
         out.print(f"selected {', '.join(keep)} -> {path}", highlight=False)
     out.print(f"results -> {folder / 'results.json'}, plot -> {folder / 'k_curve.png'} "
               "(`cai report` adds a section)", highlight=False)
+
+
+@constitution_app.command("infer")
+def infer_cmd(
+    pairs: str = typer.Option(..., "--pairs", "-p", help="Pairs with known preferences "
+                              "(chosen/rejected, better/worse, HH; any source `cai label` "
+                              "reads)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder (resumable)."),
+    model: str = typer.Option(None, "--model", "-m", help="The feedback model (default: the "
+                              "built-in qwen2.5-coder-1.5b)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Infer config YAML "
+                                          "(held_out, keep, merge_threshold, label: ...)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Use the scripted fake backend."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.path=value overrides of "
+                                                    "the infer config"),
+):
+    """An inverse constitution: principles that explain the preferences in --pairs, tested by
+    how well each alone reconstructs them, checked on held-out pairs against the default
+    constitution and no principle; writes RUN/constitution_infer/constitution.yaml."""
+    from constitutional.cli.common import backend_loader, check_model, flags, log
+    from constitutional.config import load_config
+    from constitutional.evals.inverse import InferConfig, infer_constitution
+    from constitutional.rundir import RunDir
+
+    cfg = load_config(InferConfig, config, overrides, flags(
+        model__name=model, model__backend="fake" if dry_run else None))
+    check_model(cfg.model)
+    run = RunDir(out_dir)
+    run.save_config(cfg, "constitution_infer.config.yaml")
+    r = infer_constitution(cfg, pairs, run, lambda: backend_loader(cfg, run.root), log)
+    table = Table("name", "rule: choose the response that ...", "proposed", "accuracy",
+                  "95% CI", "position consistency", "kept",
+                  title=f"{r['merged']} rules from {r['rules']} proposals on "
+                  f"{r['proposed_from']} pairs; reconstruction of {r['tested_on']} held-in "
+                  f"preferences, {r['model']}")
+    for c in r["candidates"]:
+        pc = c["position_consistency"]
+        table.add_row(c["name"], c["text"], str(c["support"]), f"{c['accuracy']:.3f}",
+                      f"{c['ci95'][0]:.3f}-{c['ci95'][1]:.3f}",
+                      "-" if pc is None else f"{pc:.2f}", "yes" if c["name"] in r["kept"] else "")
+    out.print(table)
+    check = Table("labelled under", "principles", "accuracy", "95% CI",
+                  title=f"held-out check: {r['held_out']} pairs, {r['principles_per_pair']} "
+                  "principles per pair, both orders")
+    for which, c in r["held_out_check"].items():
+        check.add_row(f"{which} ({c['constitution']})", str(c["principles"]),
+                      f"{c['accuracy']:.3f}", f"{c['ci95'][0]:.3f}-{c['ci95'][1]:.3f}")
+    out.print(check)
+    folder = run.constitution_infer
+    out.print(f"constitution -> {r['constitution']} (`cai constitution validate` it; any "
+              f"--constitution takes it), results -> {folder / 'results.json'}",
+              highlight=False)

@@ -155,15 +155,12 @@ def evaluate_constitution(cfg, data: str, run, get_backend, log=print,
 
     `cfg` is a LabelConfig: its model, format, layout, few-shot, calibration and seed are
     used; the principles per pair and the two orders are this evaluation's own."""
-    from constitutional.artifacts import model_identity, read_output, run_model_stage
     from constitutional.comparisons import load_comparisons
-    from constitutional.config import results_config
     from constitutional.constitution import load_constitution
     from constitutional.datasource import digest
     from constitutional.errors import InputError
     from constitutional.evals.feedback_accuracy import shown
     from constitutional.jsonio import write_atomic, write_json_atomic
-    from constitutional.labeling import Labeler
 
     cpath, constitution = load_constitution(cfg.constitution)
     constitution.require("choice", str(cpath))
@@ -172,10 +169,32 @@ def evaluate_constitution(cfg, data: str, run, get_backend, log=print,
     if not pairs:
         raise InputError("no human-labelled pairs (each needs better/worse or "
                          "chosen/rejected)", path=str(data))
-    names = [p.name for p in constitution.choice]
-    every = cfg.model_copy(update={"principles": len(names), "debias": True, "cot": False})
-    labeler = Labeler(every, constitution)
     stage = run.constitution_eval
+    rows = label_under_each(stage, cfg, constitution, pairs, {"pairs": digest(data),
+                            "limit": limit}, get_backend, log)
+    names = [p.name for p in constitution.choice]
+    summary = summarize(rows, names, cfg.seed)
+    summary.update(constitution=f"{constitution.name} v{constitution.version}",
+                   fingerprint=constitution.fingerprint(), model=cfg.model.name, data=str(data))
+    write_json_atomic(stage.path / "results.json", summary)
+    write_atomic(stage.path / "k_curve.png",
+                 k_curve_png(summary["k_curve"], f"{constitution.name}: ensemble of K principles"))
+    return summary
+
+
+def label_under_each(stage, cfg, constitution, pairs: list, inputs: dict, get_backend,
+                     log=print, every: bool = True) -> list[dict]:
+    """Label `pairs` (human-labelled, shown as `shown` orients them) in the resumable step
+    `stage`: under every choice principle of `constitution` in both orders, or with
+    `every=False` as `cai label` would (cfg's principles per pair and debias); the rows."""
+    from constitutional.artifacts import model_identity, read_output, run_model_stage
+    from constitutional.config import results_config
+    from constitutional.labeling import Labeler
+
+    if every:
+        cfg = cfg.model_copy(update={"principles": len(constitution.choice), "debias": True,
+                                     "cot": False})
+    labeler = Labeler(cfg, constitution)
 
     def work(backend, chunk, advance):
         out = labeler.label(backend, chunk)
@@ -183,18 +202,12 @@ def evaluate_constitution(cfg, data: str, run, get_backend, log=print,
         return out
 
     result = run_model_stage(
-        stage, config=results_config(every),
-        inputs={"pairs": digest(data), "model": model_identity(cfg.model.name),
-                "constitution": constitution.fingerprint(), "limit": limit},
-        items=pairs, chunk_size=every.chunk_size, get_backend=get_backend, work=work,
+        stage, config=results_config(cfg),
+        inputs={**inputs, "model": model_identity(cfg.model.name),
+                "constitution": constitution.fingerprint()},
+        items=pairs, chunk_size=cfg.chunk_size, get_backend=get_backend, work=work,
         total=len(pairs), unit="pairs", log=log)
-    summary = summarize(read_output(result.output), names, every.seed)
-    summary.update(constitution=f"{constitution.name} v{constitution.version}",
-                   fingerprint=constitution.fingerprint(), model=cfg.model.name, data=str(data))
-    write_json_atomic(stage.path / "results.json", summary)
-    write_atomic(stage.path / "k_curve.png",
-                 k_curve_png(summary["k_curve"], f"{constitution.name}: ensemble of K principles"))
-    return summary
+    return read_output(result.output)
 
 
 def selected_constitution(spec: str, keep: list[str]):
