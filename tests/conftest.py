@@ -100,12 +100,13 @@ def cai_popen(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def kill_after_shards(args: list[str], cwd: Path, shards: Path, at_least: int,
-                      timeout: float = 240) -> int:
-    """Start `cai args`, SIGKILL it once `shards` holds `at_least` shards; return how many."""
+                      timeout: float = 240, start=None) -> int:
+    """Start `cai args` (or `start(args, cwd)`), SIGKILL it once `shards` holds `at_least`
+    shards; return how many."""
     import signal
     import time
 
-    proc = cai_popen(args, cwd)
+    proc = (start or cai_popen)(args, cwd)
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
         if shards.is_dir() and len(list(shards.glob("*.jsonl"))) >= at_least:

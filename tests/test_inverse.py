@@ -5,13 +5,11 @@ input, and resume after a kill."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import run_cai, write_jsonl
+from conftest import kill_after_shards, run_cai, write_jsonl
 
 from constitutional.backends.fake import FakeBackend, last_user_text
 from constitutional.evals.feedback_accuracy import shown
@@ -184,17 +182,11 @@ def test_killed_mid_test_then_resumed_matches_an_unbroken_run(tmp_path):
     (tmp_path / "fast.py").write_text(SCRIPT.format(tests=tests, latency=0.0))
     (tmp_path / "slow.py").write_text(SCRIPT.format(tests=tests, latency=0.05))
     subprocess.run([sys.executable, "fast.py", "a"], cwd=tmp_path, check=True)
-    proc = subprocess.Popen([sys.executable, "slow.py", "b"], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = tmp_path / "b/constitution_infer/tests/shards"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if shards.is_dir() and len(list(shards.glob("*.jsonl"))) >= 2:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_shards(["slow.py", "b"], tmp_path, shards, at_least=2, timeout=120,
+                      start=lambda args, cwd: subprocess.Popen(
+                          [sys.executable, *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL))
     assert not (tmp_path / "b/constitution_infer/results.json").exists()
     assert (tmp_path / "b/constitution_infer/proposals/output.jsonl").is_file()
     subprocess.run([sys.executable, "fast.py", "b"], cwd=tmp_path, check=True)

@@ -126,6 +126,7 @@ def test_rl_reward_judge_trains_with_no_preference_model(tmp_path, tiny_llama, m
     rated = [c for c in calls if "Answer in the form N/10" in json.dumps(c)]
     assert rated, "no rating call in calls.jsonl"
     if method == "ppo":
+        assert "RL (PPO): the judge's reward on" in r.stdout
         evals = [json.loads(x) for x in (tmp_path / "run/rl/eval.jsonl").read_text()
                  .splitlines()]
         assert all(-1 <= e["reward"] <= 1 for e in evals)

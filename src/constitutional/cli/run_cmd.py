@@ -54,7 +54,9 @@ def print_results(results: list, out_dir: Path, show: int) -> None:
     m = RunDir(out_dir).rl.manifest()
     if any(r.name == "rl" for r in results) and m:
         if "reward_before" in m:
-            out.print(f"RL (PPO): preference-model reward on {m['eval_prompts']} held-out "
+            judged = (m.get("inputs") or {}).get("reward") == "judge"
+            reward = "the judge's reward" if judged else "preference-model reward"
+            out.print(f"RL (PPO): {reward} on {m['eval_prompts']} held-out "
                       f"prompts {m['reward_before']:.3f} -> {m['reward_after']:.3f}, KL to the "
                       f"SL-CAI policy {m['kl_after']:.3f} nats (rl/eval.jsonl, rl/log.jsonl)",
                       highlight=False)
