@@ -60,9 +60,10 @@ def test_rouge_l_and_merging_by_hand():
     assert rouge_l("is honest and direct", "is warm and caring") == 0.0
     groups = merge(["is warm and caring", "is honest", "is warm, caring and kind",
                     "is honest and direct", "refuses"], 0.5)
-    # [warm, caring] in [warm, caring, kind]: 0.8; [honest] in [honest, direct]: 2/3
+    # [warm, caring] in [warm, caring, kind]: 0.8; [honest] in [honest, direct]: 2/3; two
+    # groups of 2, the shorter rule first
     assert [(g["text"], g["support"]) for g in groups] == [
-        ("is warm and caring", 2), ("is honest", 2), ("refuses", 1)]
+        ("is honest", 2), ("is warm and caring", 2), ("refuses", 1)]
     assert len(merge(["is warm and caring", "is warm, caring and kind"], 0.9)) == 2
 
 
@@ -73,6 +74,12 @@ def test_clean_rule_keeps_one_general_clause():
     assert clean_rule("Response A is better.", 2, 30) is None
     assert clean_rule("Choose the response that is like Response A here.", 2, 30) is None
     assert clean_rule("Choose the response that helps.", 2, 30) is None      # too short
+    # the request read back, or an answer quoted, is no rule
+    assert clean_rule("Choose the response that would apply to other conversations too.", 2,
+                      30) is None
+    assert clean_rule('Choose the response that "most people would survive a fall."', 2,
+                      30) is None
+    assert clean_rule("Choose the response that says, I can't do that here.", 2, 30) is None
     assert clean_rule("Choose the response that " + "very " * 40 + "kind", 2, 30) is None
 
 
@@ -81,7 +88,10 @@ def test_propose_merge_test_select_and_check_by_hand(tmp_path):
     cfg = InferConfig(model={"backend": "fake"}, keep=3)
     assert cfg.model.name == "qwen2.5-coder-1.5b"        # a partial model keeps the default
     run = RunDir(tmp_path / "run")
-    r = infer_constitution(cfg, path, run, fake, log=lambda m: None)
+    loads = []
+    r = infer_constitution(cfg, path, run, lambda: loads.append(1) or fake(),
+                           log=lambda m: None)
+    assert loads == [1]                       # one loaded model for every step
     pairs = shown(load_preferences(path))
     held_in = [p for p in pairs if not is_held_out(p.id, 0.5)]
     held_out = [p for p in pairs if is_held_out(p.id, 0.5)]

@@ -283,7 +283,7 @@ def inverse_section(doc: Doc, run: RunDir) -> None:
     doc.heading("Inferred constitution")
     doc.para(f"From the preferences in {r['data']}, feedback model {r['model']}: "
              f"{r['rules']} rules proposed on {r['proposed_from']} held-in pairs, "
-             f"{r['merged']} after merging at ROUGE-L >= {r['merge_threshold']}; each candidate "
+             f"{r['merged']} after merging at ROUGE-L > {r['merge_threshold']}; each candidate "
              f"alone labelled {r['tested_on']} held-in pairs in both orders (reconstruction "
              f"accuracy). Kept: {', '.join(r['kept'])} -> {r['constitution']}.")
     doc.table(["name", "choose the response that ...", "proposed", "accuracy", "95% CI",

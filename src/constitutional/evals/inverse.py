@@ -8,8 +8,7 @@ The pairs, each with a known preference, are split by id into held-in and held-o
    preference (a resumable generation step, `infer_proposals/`);
 2. merge: rules that say nearly the same thing are merged by ROUGE-L F1 on their content
    words (a cheap similarity; `merge_threshold`; results.json counts the groups at other
-   thresholds too), the most often proposed first; the `max_candidates`
-   proposed most often go on;
+   thresholds too); the `max_candidates` proposed most often (ties: the shorter) go on;
 3. test: the labeler labels held-in pairs under each candidate alone, in both orders, exactly
    as `cai constitution evaluate` does (`infer_tests/`); a candidate's reconstruction accuracy
    is how often its pick is the known preference;
@@ -26,6 +25,7 @@ Every model call goes through the run's backend, so it is in RUN/calls.jsonl.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Sequence
@@ -38,6 +38,10 @@ from constitutional.models import DEFAULT_FEEDBACK_MODEL
 
 STEM = "Choose the response that"
 NO_PRINCIPLE = "Which of these responses is better?"
+# Phrases of the proposal request that the 1.5B model read back as its "rule" (5 of its first
+# 48 proposals were "would apply to other conversations too").
+ECHO = re.compile(r"other conversations|careful reader|general rule|mention A or B|"
+                  r"this conversation", re.IGNORECASE)
 MERGE_CURVE = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)   # thresholds whose group counts are reported
 
 
@@ -62,8 +66,8 @@ class InferConfig(StrictModel):
         default_factory=lambda: SamplingConfig(n=1, temperature=0.7, max_tokens=40,
                                                stop=["\n"]),
         description="Sampling of the proposals (n: rules per pair).")
-    merge_threshold: float = Field(0.5, gt=0, le=1, description="ROUGE-L F1 at or above which "
-                                   "two rules are one.")
+    merge_threshold: float = Field(0.5, gt=0, lt=1, description="ROUGE-L F1 above which two "
+                                   "rules are one.")
     max_candidates: int = Field(16, ge=1, description="Candidates tested (the most often "
                                 "proposed after merging).")
     keep: int = Field(5, ge=1, description="Principles kept in the inferred constitution.")
@@ -109,13 +113,18 @@ def clean_rule(text: str, min_words: int, max_words: int) -> str | None:
     m = re.search(re.escape(STEM), text, flags=re.IGNORECASE)
     if not m:
         return None
-    clause = re.split(r"[.!?][\"'\u201d]?(?:\s|$)|\n", text[m.end():].strip(), maxsplit=1)[0]
+    rest = text[m.end():].strip()
+    if rest[:1] in "\"'\u201c" or rest.lower().startswith(("says", "if ")):
+        return None           # a quote of an answer, or the answer itself, not a rule
+    clause = re.split(r"[.!?][\"'\u201d]?(?:\s|$)|\n", rest, maxsplit=1)[0]
     clause = clause.strip().strip('"').rstrip(".!?").strip()
     words = clause.split()
     if not (min_words <= len(words) <= max_words):
         return None
     if re.search(r"\b(?i:response|option|answer) [AB]\b|\([AB]\)", clause):
         return None
+    if ECHO.search(clause):
+        return None           # the request read back
     return clause
 
 
@@ -131,39 +140,43 @@ def _words(text: str) -> list[str]:
     return [w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in STOP_WORDS]
 
 
+def content(text: str) -> str:
+    return " ".join(_words(text))
+
+
 def rouge_l(a: str, b: str) -> float:
-    """ROUGE-L F1 of two texts' lower-cased content words: the longest common subsequence's
-    length over each text's length, harmonic mean."""
-    x, y = _words(a), _words(b)
+    """ROUGE-L F1 of two texts' lower-cased content words (Google's `rouge_score`, as the
+    self-instruct dedup uses)."""
+    from rouge_score import rouge_scorer
+
+    x, y = content(a), content(b)
     if not x or not y:
         return 0.0
-    prev = [0] * (len(y) + 1)
-    for xi in x:
-        cur = [0]
-        for j, yj in enumerate(y):
-            cur.append(prev[j] + 1 if xi == yj else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(x), lcs / len(y)
-    return 2 * p * r / (p + r)
+    return rouge_scorer.RougeScorer(["rougeL"]).score(x, y)["rougeL"].fmeasure
 
 
 def merge(rules: Sequence[str], threshold: float) -> list[dict]:
-    """Group rules whose ROUGE-L F1 with a group's first rule is >= threshold; groups by how
-    many rules they hold (then first appearance). Each: {"text", "support", "members"}."""
-    groups: list[dict] = []
+    """Group each rule with the first earlier group whose first rule it matches at ROUGE-L
+    F1 above `threshold` (on content words, through the self-instruct dedup's index); groups
+    by how many rules they hold, then shorter first, then first appearance. Each: {"text",
+    "support", "members"}."""
+    from constitutional.selfalign.dedup import RougeIndex
+
+    index, groups = RougeIndex(threshold), []
     for rule in rules:
-        for g in groups:
-            if rouge_l(rule, g["text"]) >= threshold:
-                g["members"].append(rule)
-                break
-        else:
-            groups.append({"text": rule, "members": [rule]})
+        key = content(rule)
+        hit = index.near_duplicate(key) if key else None
+        if hit is not None:
+            groups[hit[0]]["members"].append(rule)
+            continue
+        index.add(key)
+        groups.append({"text": rule, "members": [rule]})
     for g in groups:
         g["support"] = len(g["members"])
-    order = sorted(range(len(groups)), key=lambda i: (-groups[i]["support"], i))
+    # most rules are proposed once: ties go to the shorter rule (a long one is usually
+    # about one conversation: "... leaving the sheets of paper with the answer notes out")
+    order = sorted(range(len(groups)), key=lambda i: (-groups[i]["support"],
+                                                      len(groups[i]["text"].split()), i))
     return [groups[i] for i in order]
 
 
@@ -279,6 +292,7 @@ def infer_constitution(cfg: InferConfig, data: str, run, get_backend, log=print)
         raise InputError(f"{len(pairs)} pairs split into {len(held_in)} held-in and "
                          f"{len(held_out)} held-out: both need pairs", path=data)
     label_cfg = cfg.label.model_copy(update={"model": cfg.model})
+    get_backend = functools.cache(get_backend)      # one loaded model for all five steps
     _, default = load_constitution(label_cfg.constitution)
     default.require("choice", label_cfg.constitution)
     inputs = {"pairs": digest(data), "split": [cfg.held_out, cfg.seed]}
@@ -292,7 +306,7 @@ def infer_constitution(cfg: InferConfig, data: str, run, get_backend, log=print)
     candidates = [{"name": f"rule-{i + 1:02d}", **g}
                   for i, g in enumerate(groups[:cfg.max_candidates])]
     log(f"infer: {len(rules)} rules proposed, {len(groups)} after merging at ROUGE-L "
-        f">= {cfg.merge_threshold}; testing {len(candidates)}")
+        f"> {cfg.merge_threshold}; testing {len(candidates)}")
 
     tested = held_in[:cfg.test_pairs]
     rows = label_under_each(run.infer_tests, label_cfg, candidate_constitution(candidates),
