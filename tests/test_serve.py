@@ -405,6 +405,20 @@ def test_openai_environment_variables_are_the_fallback(monkeypatch):
     assert TOKEN not in repr(b.stats)
 
 
+def test_nested_options_are_refused_over_http(monkeypatch):
+    """One token is read per option, so " 1/10" would count the mass of " 10/10" too: the
+    judge's ratings are refused before any request, with the way out."""
+    from constitutional.errors import InputError
+    from constitutional.train.judge_reward import OPTIONS
+
+    monkeypatch.setenv("CAI_KEY", "k")
+    sent = []
+    b = scripted_backend(lambda r: sent.append(r))
+    with pytest.raises(InputError, match="'1' and '10' cannot be told apart over HTTP"):
+        b.score_choices(["Rating:"], [list(OPTIONS)])
+    assert sent == []
+
+
 def test_retry_after_and_token_sharing_helpers():
     import email.utils
 

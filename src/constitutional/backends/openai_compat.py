@@ -81,6 +81,13 @@ class OpenAICompatBackend:
                 raise InputError("choice scoring over HTTP needs raw-text prompts (label "
                                  "with prompt_format: text)", field="prompt_format")
             shared, diffs = split_options(opts)
+            nested = [(x, y) for x in diffs for y in diffs if x != y and y.startswith(x)]
+            if nested:
+                # one token is read per option: "1" would also count the mass of "10"
+                raise InputError(f"options {nested[0][0]!r} and {nested[0][1]!r} cannot be "
+                                 "told apart over HTTP (one token is read per option); "
+                                 "score them with a local engine (transformers, vLLM)",
+                                 field="model.backend")
             bodies.append(("/completions", {"model": self.name, "prompt": p + shared,
                                             "max_tokens": 1, "temperature": 0,
                                             "logprobs": self.server.top_logprobs}))
