@@ -56,11 +56,7 @@ def train(sl_run: Path, out: Path) -> None:
 
 
 def seconds(run: Path, stages: tuple[str, ...]) -> float:
-    total = 0.0
-    for s in stages:
-        m = json.loads((run / s / "manifest.json").read_text())
-        total += m.get("seconds") or m.get("elapsed_s") or 0.0
-    return total
+    return sum(json.loads((run / s / "manifest.json").read_text())["seconds"] for s in stages)
 
 
 def held_out(out: Path) -> dict:

@@ -97,16 +97,19 @@ def test_the_engine_scores_1_and_10_as_exclusive_ratings(tiny_llama):
         tok(" 1/10", add_special_tokens=False)["input_ids"][:2]        # nested digits
     got = backend.score_choices([prompt], [list(OPTIONS)])[0]
 
-    def by_hand(option: str) -> float:
+    def by_hand(option: str, dropped: int = 2) -> float:
+        """Log-prob of the option's tokens after the shared " ", less the last `dropped`
+        ("10" of "/10", shared by all ten)."""
         ids = tok(prompt + option)["input_ids"]
         base = len(tok(prompt + " ")["input_ids"])          # the shared " " is conditioned on
-        n_scored = len(ids) - base - 2                      # "10" of "/10" is shared: dropped
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].float().log_softmax(-1)
-        return sum(logits[t - 1, ids[t]].item() for t in range(base, base + n_scored))
+        return sum(logits[t - 1, ids[t]].item() for t in range(base, len(ids) - dropped))
     for option, value in zip(OPTIONS, got):
         assert value == pytest.approx(by_hand(option), abs=1e-4), option
-    assert got[0] != pytest.approx(by_hand(" 1"), abs=1e-4)   # not "1" alone
+    # "1" alone, what dropping all of "/10" would score, holds more mass than "1" then "/"
+    one_alone = by_hand(" 1", dropped=0)
+    assert one_alone < 0 and got[0] < one_alone - 1e-3
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])

@@ -93,17 +93,21 @@ def is_held_out(pair_id: str, fraction: float, seed: int = 0) -> bool:
     return int.from_bytes(h[:8], "little") / 2 ** 64 < fraction
 
 
+PROPOSAL = ("Here is a conversation between a human and an assistant, and two possible next "
+            "responses from the assistant.\n\n{conversation}\n\nResponse A: {a}\n\n"
+            "Response B: {b}\n\nA careful reader preferred Response {preferred}. Write one "
+            "short, general rule that explains this preference and would apply to other "
+            "conversations too. Do not mention A or B or this conversation's topic. Start with "
+            "\"{stem}\".")
+
+
 def proposal_prompt(pair) -> list[dict]:
     """Show the pair (as `shown` oriented it) with the preferred answer named."""
     from constitutional.feedback import conversation_text
 
-    preferred = "A" if pair.better == 0 else "B"
-    text = (f"Here is a conversation between a human and an assistant, and two possible next "
-            f"responses from the assistant.\n\n{conversation_text(pair.conversation)}\n\n"
-            f"Response A: {pair.a.strip()}\n\nResponse B: {pair.b.strip()}\n\n"
-            f"A careful reader preferred Response {preferred}. Write one short, general rule "
-            "that explains this preference and would apply to other conversations too. Do not "
-            f"mention A or B or this conversation's topic. Start with \"{STEM}\".")
+    text = PROPOSAL.format(conversation=conversation_text(pair.conversation), a=pair.a.strip(),
+                           b=pair.b.strip(), preferred="A" if pair.better == 0 else "B",
+                           stem=STEM)
     return [{"role": "user", "content": text}]
 
 
@@ -242,16 +246,6 @@ def load_preferences(spec: str) -> list:
     return out
 
 
-def accuracy(rows: list[dict]) -> dict:
-    """How often a labelled row's pick is the known preference, with its interval."""
-    from constitutional.evals.metrics import bootstrap_ci, pick_score
-    from constitutional.evals.principles import p_human_better
-
-    scores = [pick_score(p_human_better(r["label"], r)) for r in rows]
-    return {"n": len(scores), "accuracy": sum(scores) / len(scores),
-            "ci95": list(bootstrap_ci(scores))}
-
-
 def propose(cfg: InferConfig, pairs: list, run, inputs: dict, get_backend, log) -> list[str]:
     """Step 1: the proposals, cleaned to rules (in pair order)."""
     from constitutional.artifacts import model_identity, read_output, run_model_stage
@@ -266,7 +260,7 @@ def propose(cfg: InferConfig, pairs: list, run, inputs: dict, get_backend, log) 
 
     result = run_model_stage(
         run.infer_proposals, config={"proposal": cfg.proposal.model_dump(mode="json"),
-                                     "prompt": proposal_prompt.__doc__},
+                                     "prompt": PROPOSAL},
         inputs={**inputs, "model": model_identity(cfg.model.name)}, items=pairs,
         chunk_size=cfg.label.chunk_size, get_backend=get_backend, work=work,
         total=len(pairs), unit="pairs", log=log)
@@ -281,7 +275,7 @@ def infer_constitution(cfg: InferConfig, data: str, run, get_backend, log=print)
     from constitutional.constitution import load_constitution, to_yaml
     from constitutional.datasource import digest
     from constitutional.errors import InputError
-    from constitutional.evals.feedback_accuracy import shown
+    from constitutional.evals.feedback_accuracy import shown, summarize
     from constitutional.evals.principles import label_under_each, per_principle
     from constitutional.jsonio import write_atomic, write_json_atomic
 
@@ -331,7 +325,10 @@ def infer_constitution(cfg: InferConfig, data: str, run, get_backend, log=print)
                      ("no principle", no_principle_constitution())):
         rows = label_under_each(run.infer_heldout(which), label_cfg, c, held_out, inputs,
                                 get_backend, log, every=False)
-        checks[which] = {**accuracy(rows), "constitution": f"{c.name} v{c.version}",
+        s = summarize(rows, 0.0)                 # feedback-accuracy's own figures
+        checks[which] = {"n": s["n"], "accuracy": s["accuracy"], "ci95": s["ci95"],
+                         "order_disagreement": s["order_disagreement"],
+                         "constitution": f"{c.name} v{c.version}",
                          "principles": len(c.choice)}
     results = {"data": str(data), "model": cfg.model.name, "pairs": len(pairs),
                "held_in": len(held_in), "held_out": len(held_out),

@@ -69,11 +69,11 @@ def run(cfg, run: RunDir, models) -> list[StageResult]:
         raise InputError("no preference model in this run yet: run the pm stage first, or "
                          "take the reward from the feedback model with rl.reward=judge",
                          path=str(run.pm_model))
-    judge = judge_reward(cfg, models) if cfg.rl.reward == "judge" else None
+    judge = judge_reward(cfg, models, online.seed) if cfg.rl.reward == "judge" else None
     return [run_rl(cfg.rl, run, str(run.sl_model), judge)]
 
 
-def judge_reward(cfg, models):
+def judge_reward(cfg, models, seed: int):
     """The feedback model's rating as the reward (rl.judge, rl.judge_constitution)."""
     from constitutional.constitution import load_constitution
     from constitutional.train.judge_reward import JudgeReward
@@ -81,9 +81,7 @@ def judge_reward(cfg, models):
     spec = cfg.rl.judge_constitution or cfg.label.constitution
     path, constitution = load_constitution(spec)
     constitution.require("choice", str(path))
-    online = getattr(cfg.rl, cfg.rl.method)
-    return JudgeReward(models.load(cfg.rl.judge), constitution, online.seed,
-                       model=cfg.rl.judge.name)
+    return JudgeReward(models.load(cfg.rl.judge), constitution, seed, model=cfg.rl.judge.name)
 
 
 def run_rl(cfg: RLConfig, run: RunDir, policy: str, judge=None) -> StageResult:

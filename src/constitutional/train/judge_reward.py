@@ -57,7 +57,8 @@ class JudgeReward:
         from constitutional.artifacts import model_identity
 
         return {"reward": "judge", "judge": model_identity(self.model) if self.model else None,
-                "constitution": self.fingerprint, "template": TEMPLATE, "seed": self.seed}
+                "constitution": self.fingerprint, "template": TEMPLATE, "options": OPTIONS,
+                "seed": self.seed}
 
     def prompt(self, conversation: Sequence[dict], answer: str) -> str:
         turns = tuple((m["role"], m["content"]) for m in conversation if m["role"] != "system")
