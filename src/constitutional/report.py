@@ -95,6 +95,7 @@ def write_report(run_dir: str | Path | RunDir, samples: int = 4) -> tuple[Path, 
     accuracy_section(doc, run, summary)
     principles_section(doc, run)
     inverse_section(doc, run)
+    blind_section(doc, run)
     rl_section(doc, run)
     if summary and summary.get("benchmarks"):
         benchmark_section(doc, summary)
@@ -293,6 +294,31 @@ def inverse_section(doc: Doc, run: RunDir) -> None:
     doc.table(["held-out pairs labelled under", "principles", "accuracy", "95% CI"],
               [[f"{w} ({c['constitution']})", c["principles"], fmt(c["accuracy"]),
                 ci(c["ci95"], 3)] for w, c in r["held_out_check"].items()])
+
+
+def blind_section(doc: Doc, run: RunDir) -> None:
+    """People's blind read of two models' answers (`cai eval blind-score`), when there is one."""
+    r = _json(run.blind / "results.json")
+    if not r:
+        return
+    first, second = r["models"]
+    doc.heading("Blind read")
+    doc.para(f"{len(r['readers'])} reader(s) ({', '.join(r['readers'])}) chose between "
+             f"{first}'s and {second}'s answers to the same held-out prompts, shown in a "
+             f"random order without names; {second}'s win rate against {first} (ties half), "
+             "95% bootstrap intervals over prompts, beside the run's judge on the same items.")
+    rows = []
+    for axis, a in r["axes"].items():
+        for who, w in [*a["readers"].items(), ("pooled", a["pooled"])]:
+            rows.append([axis, who, w["n"], fmt(w["win_rate"], 2),
+                         ci(w["ci95"], 2) if w["n"] else "-", w["ties"], ""])
+        if a.get("judge"):
+            j = a["judge"]
+            rows.append([axis, "the run's judge", j["n"], fmt(j["win_rate_same_items"], 2),
+                         "-", "-", f"{fmt(j['agrees_with_readers'], 2)} (on the "
+                         f"{j['decided']} not tied: {fmt(j['agrees_where_readers_decided'], 2)})"])
+    doc.table(["axis", "reader", "items", f"{second} win rate", "95% CI", "ties",
+               "agrees with the pooled readers"], rows)
 
 
 def rl_section(doc: Doc, run: RunDir) -> None:

@@ -9,6 +9,7 @@
     RUN/self_instruct/ redteam_topics/ redteam/ instructions/ self_align/ engrave/
         verbose_answers/ verbose/ selfalign_samples/          the SELF-ALIGN stages
     RUN/constitution_eval/ constitution_infer/                the constitution workbench
+    RUN/blind/                                                people's blind read of answers
 
 A stage's folder is named for the stage (`label/` for stage label, `engrave/`, `verbose/`); a
 stage made of several steps (sl-cai, redteam, verbose) has a folder per step. No other module
@@ -207,6 +208,12 @@ class RunDir:
     def eval_file(self, name: str) -> Path:
         """A file the eval stage writes at its top (frontier.csv, frontier.png, ...)."""
         return self.eval / name
+
+    @property
+    def blind(self) -> Path:
+        """`cai eval blind-sheet`: the readers' sheet, its key and (after blind-score) the
+        readers' results."""
+        return self.root / "blind"
 
     @property
     def feedback_accuracy(self) -> Path:

@@ -210,3 +210,131 @@ def feedback_accuracy_cmd(
                           {"data": str(data), "model": cfg.model.name, "methods": results,
                            "config": cfg.model_dump(mode="json")})
         out.print(f"results -> {out_dir / 'results.json'}", highlight=False)
+
+
+@eval_app.command("blind-sheet")
+def blind_sheet_cmd(
+    run: Path = typer.Argument(..., help="A run folder whose eval stage has answered."),
+    models: Optional[List[str]] = typer.Argument(None, help="The two models by their eval "
+                                                 "label (default: the verdict's anchor and "
+                                                 "its last model, e.g. base RL-CAI)."),
+    axis: Optional[List[str]] = typer.Option(None, "--axis", help="harmlessness and/or "
+                                             "helpfulness (default: the axes answered)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Default: RUN/blind."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N prompts per axis."),
+    seed: int = typer.Option(0, "--seed", help="Draws the item order and each item's sides."),
+    force: bool = typer.Option(False, "--force", help="Replace a different key already there "
+                               "(sheets filled against it can no longer be scored)."),
+):
+    """A sheet for people to read two models' held-out answers blind: sheet.csv to fill in
+    (1, 2 or tie), sheet.md to read, key.json to keep from the readers."""
+    import json
+
+    from constitutional.errors import InputError
+    from constitutional.evals.blind import make_sheet, write_sheet
+    from constitutional.rundir import RunDir
+
+    rd = RunDir(run)
+    pair = list(models or []) or _verdict_pair(rd)
+    if len(pair) != 2:
+        raise InputError(f"give two models, not {len(pair)}", field="models")
+    bad = [a for a in axis or [] if a not in ("harmlessness", "helpfulness")]
+    if bad:
+        raise InputError(f"unknown axis {bad[0]!r}: harmlessness or helpfulness", field="--axis")
+    rows, key = make_sheet(rd, pair, list(dict.fromkeys(axis)) if axis else None, seed, limit)
+    axes = sorted({it["axis"] for it in key["items"].values()})
+    folder = out_dir or rd.blind
+    old = folder / "key.json"
+    if old.is_file() and json.loads(old.read_text()) != key and not force:
+        raise InputError("a different key is here; sheets filled against it would be misread "
+                         "(--force replaces it, or choose another --out)", path=str(old))
+    write_sheet(folder, rows, key)
+    out.print(f"{len(rows)} items ({', '.join(axes)}; {pair[0]} vs {pair[1]}) -> "
+              f"{folder / 'sheet.csv'} (fill in `choice`) and {folder / 'sheet.md'}; keep "
+              f"{folder / 'key.json'} from the readers", highlight=False)
+
+
+def _verdict_pair(rd) -> list[str]:
+    import json
+
+    from constitutional.errors import InputError
+
+    try:
+        v = json.loads(rd.eval_summary.read_text())["verdict"]
+    except (FileNotFoundError, KeyError, ValueError):
+        raise InputError("no eval verdict here: name the two models", field="models") \
+            from None
+    return [v["anchor"], list(v["models"])[-1]]
+
+
+@eval_app.command("blind-score")
+def blind_score_cmd(
+    folder: Path = typer.Argument(..., help="The sheet's folder (holds key.json)."),
+    sheets: List[Path] = typer.Argument(..., help="Filled-in sheets, one per reader (CSV "
+                                        "or JSONL with item and choice); the file's stem "
+                                        "names the reader."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Default: "
+                                            "FOLDER/results.json (RUN/blind/results.json "
+                                            "is what the run's report shows)."),
+):
+    """Win rates of the second model against the first from people's blind choices, with
+    intervals, agreement between readers and with the run's judge (results.json)."""
+    import json
+
+    from constitutional.errors import InputError
+    from constitutional.evals.blind import judge_scores, read_choices, same_answers, score
+    from constitutional.jsonio import write_json_atomic
+    from constitutional.rundir import RunDir
+
+    kpath = folder / "key.json"
+    try:
+        key = json.loads(kpath.read_text())
+    except FileNotFoundError:
+        raise InputError("no key here (cai eval blind-sheet writes it)", path=str(kpath)) \
+            from None
+    names = [s.stem for s in sheets]
+    if len(set(names)) < len(names):
+        raise InputError("two sheets share a file name (it names the reader)",
+                         path=str(sheets[names.index(max(set(names), key=names.count))]))
+    readers = {s.stem: read_choices(s, key) for s in sheets}
+    run = RunDir(key["run"])
+    changed = [axis for axis in key["answers"] if not same_answers(run, key, axis)]
+    if changed:
+        out.print(f"note: {run} does not hold the answers this key's sheet showed "
+                  f"({', '.join(changed)}): the readers' choices are scored against the key, "
+                  "without the run's judge beside them", highlight=False)
+    result = score(key, readers, judge_scores(run, key))
+    out_file = out_file or folder / "results.json"
+    write_json_atomic(out_file, result)
+    print_blind(result)
+    out.print(f"results -> {out_file}", highlight=False)
+
+
+def print_blind(result: dict) -> None:
+    """The blind read's table: each reader, the pooled readers and the judge, per axis."""
+    first, second = result["models"]
+    table = Table("axis", "reader", "items", f"{second} win rate vs {first}", "95% CI", "ties",
+                  title=f"blind read: {second} vs {first}")
+    notes = []
+    for axis, a in result["axes"].items():
+        for who, w in [*a["readers"].items(), ("pooled", a["pooled"])]:
+            table.add_row(axis, who, str(w["n"]), "-" if w["win_rate"] is None else
+                          f"{w['win_rate']:.2f}", "-" if not w["n"] else
+                          f"{w['ci95'][0]:.2f}-{w['ci95'][1]:.2f}", str(w["ties"]))
+        if a.get("judge"):
+            j = a["judge"]
+            dec = j["agrees_where_readers_decided"]
+            table.add_row(axis, "the run's judge", str(j["n"]),
+                          f"{j['win_rate_same_items']:.2f}", "-", "-")
+            notes.append(f"{axis}: the judge agrees with the readers on "
+                         f"{j['agrees_with_readers']:.2f} of {j['n']} items"
+                         + (f", {dec:.2f} of the {j['decided']} they did not tie"
+                            if dec is not None else ""))
+    out.print(table)
+    for line in notes:
+        out.print(line, highlight=False)
+    for axis, a in result["axes"].items():
+        for pair, g in a["agreement"].items():
+            if g["n"]:
+                out.print(f"{axis}: readers {pair} agree on {g['agree']:.2f} of {g['n']}",
+                          highlight=False)
