@@ -245,7 +245,8 @@ def blind_sheet_cmd(
     axes = sorted({it["axis"] for it in key["items"].values()})
     folder = out_dir or rd.blind
     old = folder / "key.json"
-    if old.is_file() and json.loads(old.read_text()) != key and not force:
+    same = lambda k: {f: k.get(f) for f in ("models", "seed", "answers", "items")}  # noqa
+    if old.is_file() and same(json.loads(old.read_text())) != same(key) and not force:
         raise InputError("a different key is here; sheets filled against it would be misread "
                          "(--force replaces it, or choose another --out)", path=str(old))
     write_sheet(folder, rows, key)

@@ -148,7 +148,7 @@ def _sheet_rows(path: Path) -> list[tuple[int, dict]]:
 
     if not path.is_file():
         raise InputError("no such sheet", path=str(path))
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's CSV may start with a BOM
     if path.suffix == ".jsonl":
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
