@@ -103,13 +103,14 @@ def test_blind_score_ignores_the_judge_when_the_answers_changed(tmp_path):
     from constitutional.evals.blind import write_sheet as write_blind
 
     _, key = make_sheet(run, ["meh", "safe"])
-    assert len(judge_scores(run, key)) == 6
+    assert len(judge_scores(run, key)[0]) == 6 and judge_scores(run, key)[1] == []
     write_blind(run.blind, *make_sheet(run, ["meh", "safe"]))
     out = run.eval_answers("safe", "harmlessness").output
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     rows[0]["completion"] = "something else"
     write_jsonl(out, rows)
-    assert judge_scores(run, key) == {}  # the judge compared other answers than the sheet's
+    # the judge compared other answers than the sheet's
+    assert judge_scores(run, key) == ({}, ["harmlessness"])
     write_jsonl(tmp_path / "r.jsonl", [{"item": "q001", "choice": "2"}])
     r = run_cai(["eval", "blind-score", str(run.blind), "r.jsonl"], tmp_path)
     assert r.returncode == 0, r.stderr

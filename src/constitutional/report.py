@@ -298,6 +298,8 @@ def inverse_section(doc: Doc, run: RunDir) -> None:
 
 def blind_section(doc: Doc, run: RunDir) -> None:
     """People's blind read of two models' answers (`cai eval blind-score`), when there is one."""
+    from constitutional.evals.blind import table_rows
+
     r = _json(run.blind / "results.json")
     if not r:
         return
@@ -307,18 +309,8 @@ def blind_section(doc: Doc, run: RunDir) -> None:
              f"{first}'s and {second}'s answers to the same held-out prompts, shown in a "
              f"random order without names; {second}'s win rate against {first} (ties half), "
              "95% bootstrap intervals over prompts, beside the run's judge on the same items.")
-    rows = []
-    for axis, a in r["axes"].items():
-        for who, w in [*a["readers"].items(), ("pooled", a["pooled"])]:
-            rows.append([axis, who, w["n"], fmt(w["win_rate"], 2),
-                         ci(w["ci95"], 2) if w["n"] else "-", w["ties"], ""])
-        if a.get("judge"):
-            j = a["judge"]
-            rows.append([axis, "the run's judge", j["n"], fmt(j["win_rate_same_items"], 2),
-                         "-", "-", f"{fmt(j['agrees_with_readers'], 2)} (on the "
-                         f"{j['decided']} not tied: {fmt(j['agrees_where_readers_decided'], 2)})"])
     doc.table(["axis", "reader", "items", f"{second} win rate", "95% CI", "ties",
-               "agrees with the pooled readers"], rows)
+               "agrees with the pooled readers"], table_rows(r))
 
 
 def rl_section(doc: Doc, run: RunDir) -> None:

@@ -103,7 +103,7 @@ def option_span(seqs: Sequence[Sequence[int]]) -> tuple[int, int]:
     lead = min(_common_prefix(seqs), min(map(len, seqs)) - 1)
     tails = [s[lead:] for s in seqs]
     trail = min(_common_prefix([t[::-1] for t in tails]), min(map(len, tails)) - 1)
-    while trail > 0 and _nested([t[:len(t) - trail] for t in tails]):
+    while trail > 0 and nested_pair([t[:len(t) - trail] for t in tails]):
         trail -= 1
     return lead, trail
 
@@ -116,7 +116,12 @@ def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
     return k
 
 
-def _nested(seqs: Sequence[Sequence[int]]) -> bool:
-    """Whether any sequence is a strict prefix of another."""
-    as_tuples = {tuple(s) for s in seqs}
-    return any(tuple(s[:k]) in as_tuples for s in seqs for k in range(1, len(s)))
+def nested_pair(seqs: Sequence[Sequence]) -> tuple | None:
+    """(shorter, longer) for the first sequence (of tokens, or a string) that is a strict
+    prefix of another, or None: options scored so would not be exclusive."""
+    by_tuple = {tuple(s): s for s in seqs}
+    for s in seqs:
+        for k in range(1, len(s)):
+            if tuple(s[:k]) in by_tuple:
+                return by_tuple[tuple(s[:k])], s
+    return None

@@ -31,7 +31,7 @@ import random
 import time
 from typing import Sequence
 
-from constitutional.backends.base import Completion, Progress, Prompt, Sampling
+from constitutional.backends.base import Completion, Progress, Prompt, Sampling, nested_pair
 from constitutional.errors import InputError
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -81,10 +81,10 @@ class OpenAICompatBackend:
                 raise InputError("choice scoring over HTTP needs raw-text prompts (label "
                                  "with prompt_format: text)", field="prompt_format")
             shared, diffs = split_options(opts)
-            nested = [(x, y) for x in diffs for y in diffs if x != y and y.startswith(x)]
+            nested = nested_pair(diffs)
             if nested:
                 # one token is read per option: "1" would also count the mass of "10"
-                raise InputError(f"options {nested[0][0]!r} and {nested[0][1]!r} cannot be "
+                raise InputError(f"options {nested[0]!r} and {nested[1]!r} cannot be "
                                  "told apart over HTTP (one token is read per option); "
                                  "score them with a local engine (transformers, vLLM)",
                                  field="model.backend")

@@ -54,11 +54,7 @@ def compare_cmd(
     if not cfg.models or len(cfg.models) < 2:
         raise InputError("give at least two models to compare", field="--models")
     if axis:
-        bad = [a for a in axis if a not in ("harmlessness", "helpfulness")]
-        if bad:
-            raise InputError(f"unknown axis {bad[0]!r}: harmlessness or helpfulness",
-                             field="--axis")
-        cfg.axes = list(dict.fromkeys(axis))
+        cfg.axes = checked_axes(axis)
     if prompts:
         cfg.prompts = {a: prompts for a in cfg.axes}
     cfg.ablation = False
@@ -68,6 +64,17 @@ def compare_cmd(
     start_run(out_dir, cfg, "eval.yaml")
     res = run_eval(cfg, out_dir, lambda m: backend_loader(_with_model(m), out_dir), log)
     print_summary(res.output)
+
+
+def checked_axes(axis: List[str]) -> list[str]:
+    """--axis values, each named once, or the one-line error for an unknown one."""
+    from constitutional.errors import InputError
+
+    bad = [a for a in axis if a not in ("harmlessness", "helpfulness")]
+    if bad:
+        raise InputError(f"unknown axis {bad[0]!r}: harmlessness or helpfulness",
+                         field="--axis")
+    return list(dict.fromkeys(axis))
 
 
 def _with_model(model_cfg):
@@ -238,10 +245,7 @@ def blind_sheet_cmd(
     pair = list(models or []) or _verdict_pair(rd)
     if len(pair) != 2:
         raise InputError(f"give two models, not {len(pair)}", field="models")
-    bad = [a for a in axis or [] if a not in ("harmlessness", "helpfulness")]
-    if bad:
-        raise InputError(f"unknown axis {bad[0]!r}: harmlessness or helpfulness", field="--axis")
-    rows, key = make_sheet(rd, pair, list(dict.fromkeys(axis)) if axis else None, seed, limit)
+    rows, key = make_sheet(rd, pair, checked_axes(axis) if axis else None, seed, limit)
     axes = sorted({it["axis"] for it in key["items"].values()})
     folder = out_dir or rd.blind
     old = folder / "key.json"
@@ -283,28 +287,31 @@ def blind_score_cmd(
     import json
 
     from constitutional.errors import InputError
-    from constitutional.evals.blind import judge_scores, read_choices, same_answers, score
-    from constitutional.jsonio import write_json_atomic
+    from constitutional.evals.blind import judge_scores, read_choices, score
+    from constitutional.jsonio import read_text, write_json_atomic
     from constitutional.rundir import RunDir
 
     kpath = folder / "key.json"
+    if not kpath.is_file():
+        raise InputError("no key here (cai eval blind-sheet writes it)", path=str(kpath))
     try:
-        key = json.loads(kpath.read_text())
-    except FileNotFoundError:
-        raise InputError("no key here (cai eval blind-sheet writes it)", path=str(kpath)) \
-            from None
-    names = [s.stem for s in sheets]
-    if len(set(names)) < len(names):
-        raise InputError("two sheets share a file name (it names the reader)",
-                         path=str(sheets[names.index(max(set(names), key=names.count))]))
+        key = json.loads(read_text(kpath))
+    except ValueError as e:
+        raise InputError(f"not a key ({e})", path=str(kpath)) from None
+    seen: dict[str, Path] = {}
+    for s in sheets:
+        if s.stem in seen:
+            raise InputError(f"{seen[s.stem]} and this sheet share a name (it names the "
+                             "reader)", path=str(s))
+        seen[s.stem] = s
     readers = {s.stem: read_choices(s, key) for s in sheets}
     run = RunDir(key["run"])
-    changed = [axis for axis in key["answers"] if not same_answers(run, key, axis)]
+    judged, changed = judge_scores(run, key)
     if changed:
         out.print(f"note: {run} does not hold the answers this key's sheet showed "
                   f"({', '.join(changed)}): the readers' choices are scored against the key, "
                   "without the run's judge beside them", highlight=False)
-    result = score(key, readers, judge_scores(run, key))
+    result = score(key, readers, judged)
     out_file = out_file or folder / "results.json"
     write_json_atomic(out_file, result)
     print_blind(result)
@@ -312,28 +319,15 @@ def blind_score_cmd(
 
 
 def print_blind(result: dict) -> None:
-    """The blind read's table: each reader, the pooled readers and the judge, per axis."""
+    """The blind read's table (the report's rows) and the agreement between readers."""
+    from constitutional.evals.blind import table_rows
+
     first, second = result["models"]
     table = Table("axis", "reader", "items", f"{second} win rate vs {first}", "95% CI", "ties",
-                  title=f"blind read: {second} vs {first}")
-    notes = []
-    for axis, a in result["axes"].items():
-        for who, w in [*a["readers"].items(), ("pooled", a["pooled"])]:
-            table.add_row(axis, who, str(w["n"]), "-" if w["win_rate"] is None else
-                          f"{w['win_rate']:.2f}", "-" if not w["n"] else
-                          f"{w['ci95'][0]:.2f}-{w['ci95'][1]:.2f}", str(w["ties"]))
-        if a.get("judge"):
-            j = a["judge"]
-            dec = j["agrees_where_readers_decided"]
-            table.add_row(axis, "the run's judge", str(j["n"]),
-                          f"{j['win_rate_same_items']:.2f}", "-", "-")
-            notes.append(f"{axis}: the judge agrees with the readers on "
-                         f"{j['agrees_with_readers']:.2f} of {j['n']} items"
-                         + (f", {dec:.2f} of the {j['decided']} they did not tie"
-                            if dec is not None else ""))
+                  "judge agrees with the readers", title=f"blind read: {second} vs {first}")
+    for row in table_rows(result):
+        table.add_row(*row)
     out.print(table)
-    for line in notes:
-        out.print(line, highlight=False)
     for axis, a in result["axes"].items():
         for pair, g in a["agreement"].items():
             if g["n"]:

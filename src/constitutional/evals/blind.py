@@ -32,7 +32,8 @@ from constitutional.artifacts import read_output
 from constitutional.errors import InputError
 from constitutional.evals.compare import parse_id
 from constitutional.evals.metrics import bootstrap_ci, pick_score
-from constitutional.jsonio import sha256_json, write_atomic, write_json_atomic
+from constitutional.jsonio import (read_jsonl, read_text, sha256_json, write_atomic,
+                                   write_json_atomic)
 from constitutional.rundir import RunDir
 
 QUESTIONS = {
@@ -66,8 +67,7 @@ def make_sheet(run: RunDir, models: Sequence[str], axes: Sequence[str] | None = 
     for axis in axes:
         a, b = answers_of(run, first, axis), answers_of(run, second, axis)
         shared = [pid for pid in a if pid in b][:limit]
-        digests[axis] = sha256_json([[pid, a[pid]["completion"], b[pid]["completion"]]
-                                     for pid in shared])
+        digests[axis] = answers_digest(a, b, shared)
         items += [(axis, pid, a[pid], b[pid]) for pid in shared]
     if not items:
         raise InputError(f"{first!r} and {second!r} answered no prompt in common",
@@ -85,6 +85,12 @@ def make_sheet(run: RunDir, models: Sequence[str], axes: Sequence[str] | None = 
         key[qid] = {"axis": axis, "prompt_id": pid, "response_1": second if swap else first}
     return rows, {"run": str(run.root), "models": [first, second], "seed": seed,
                   "answers": digests, "items": key}
+
+
+def answers_digest(a: dict[str, dict], b: dict[str, dict], pids) -> str:
+    """What the key remembers of the two models' answers to these prompts (in any order)."""
+    return sha256_json(sorted([pid, a[pid]["completion"], b[pid]["completion"]]
+                              for pid in pids if pid in a and pid in b))
 
 
 def _prompt_text(messages: Sequence[dict]) -> str:
@@ -144,21 +150,11 @@ def read_choices(path: Path, key: dict) -> dict[str, float]:
 
 
 def _sheet_rows(path: Path) -> list[tuple[int, dict]]:
-    import json
-
     if not path.is_file():
         raise InputError("no such sheet", path=str(path))
-    text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's CSV may start with a BOM
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((n, json.loads(line)))
-                except json.JSONDecodeError as e:
-                    raise InputError(f"not JSON ({e.msg})", path=str(path), line=n) from None
-        return rows
-    reader = csv.DictReader(io.StringIO(text))
+        return list(read_jsonl(path))
+    reader = csv.DictReader(io.StringIO(read_text(path)))  # read_text drops a spreadsheet's BOM
     if not reader.fieldnames or not {"item", "choice"} <= set(reader.fieldnames):
         raise InputError("a sheet needs the columns item and choice", path=str(path), line=1)
     # a row starts on the line after the previous one ended (answers span lines)
@@ -169,44 +165,42 @@ def _sheet_rows(path: Path) -> list[tuple[int, dict]]:
     return rows
 
 
-def judge_scores(run: RunDir, key: dict) -> dict[str, float]:
-    """{item: p(second model better)} from the run's judge, for the items it compared, on
-    the axes whose answers are still the ones the sheet showed."""
+def judge_scores(run: RunDir, key: dict) -> tuple[dict[str, float], list[str]]:
+    """({item: p(second model better)} from the run's judge, the axes left out because the
+    run no longer holds the answers the sheet showed)."""
     out: dict[str, float] = {}
+    changed = []
     first, second = key["models"]
     for axis in sorted({it["axis"] for it in key["items"].values()}):
-        if not same_answers(run, key, axis):
+        items = {q: it["prompt_id"] for q, it in key["items"].items() if it["axis"] == axis}
+        try:
+            a, b = answers_of(run, first, axis), answers_of(run, second, axis)
+        except InputError:
+            a = b = {}
+        if answers_digest(a, b, items.values()) != key["answers"].get(axis):
+            changed.append(axis)
             continue
-        stage = run.eval_judge(axis)
-        titles = ((stage.manifest() or {}).get("config") or {}).get("models") or []
-        if first not in titles or second not in titles or not stage.output.is_file():
-            continue
-        i, j = titles.index(first), titles.index(second)
-        by_pid = {}
-        for r in read_output(stage.output):
-            pid, a, b = parse_id(r["id"])
-            # a judge row's label is p(its first model's answer is better)
-            if (a, b) == (i, j):
-                by_pid[pid] = 1.0 - float(r["label"])
-            elif (a, b) == (j, i):
-                by_pid[pid] = float(r["label"])
-        for qid, it in key["items"].items():
-            if it["axis"] == axis and it["prompt_id"] in by_pid:
-                out[qid] = by_pid[it["prompt_id"]]
-    return out
+        by_pid = _judge_rows(run, axis, first, second)
+        out.update({q: by_pid[pid] for q, pid in items.items() if pid in by_pid})
+    return out, changed
 
 
-def same_answers(run: RunDir, key: dict, axis: str) -> bool:
-    """Whether the run still holds, on this axis, the answers the key's sheet showed."""
-    first, second = key["models"]
-    try:
-        a, b = answers_of(run, first, axis), answers_of(run, second, axis)
-    except InputError:
-        return False
-    pids = [it["prompt_id"] for it in key["items"].values() if it["axis"] == axis]
-    order = [pid for pid in a if pid in set(pids)]
-    return sha256_json([[pid, a[pid]["completion"], b[pid]["completion"]]
-                        for pid in order if pid in b]) == key["answers"].get(axis)
+def _judge_rows(run: RunDir, axis: str, first: str, second: str) -> dict[str, float]:
+    """{prompt id: p(second better)} from the eval stage's judge rows of the two models."""
+    stage = run.eval_judge(axis)
+    titles = ((stage.manifest() or {}).get("config") or {}).get("models") or []
+    if first not in titles or second not in titles or not stage.output.is_file():
+        return {}
+    i, j = titles.index(first), titles.index(second)
+    by_pid = {}
+    for r in read_output(stage.output):
+        pid, x, y = parse_id(r["id"])
+        # a judge row's label is p(its first model's answer is better)
+        if (x, y) == (i, j):
+            by_pid[pid] = 1.0 - float(r["label"])
+        elif (x, y) == (j, i):
+            by_pid[pid] = float(r["label"])
+    return by_pid
 
 
 def score(key: dict, readers: dict[str, dict[str, float]], judge: dict[str, float] | None = None,
@@ -256,3 +250,24 @@ def _agree(a: dict[str, float], b: dict[str, float], ids: Sequence[str]) -> dict
     both = [q for q in ids if q in a and q in b]
     same = sum(pick_score(a[q]) == pick_score(b[q]) for q in both)
     return {"n": len(both), "agree": same / len(both) if both else None}
+
+
+def table_rows(result: dict) -> list[list[str]]:
+    """The result as rows of [axis, reader, items, win rate, 95% CI, ties, judge agreement]:
+    each reader, the readers pooled, and the run's judge on the same items."""
+    rows = []
+    for axis, a in result["axes"].items():
+        for who, w in [*a["readers"].items(), ("pooled", a["pooled"])]:
+            rows.append([axis, who, str(w["n"]), _fmt(w["win_rate"]),
+                         f"[{w['ci95'][0]:.2f}, {w['ci95'][1]:.2f}]" if w["n"] else "-",
+                         str(w["ties"]), ""])
+        if a.get("judge"):
+            j = a["judge"]
+            rows.append([axis, "the run's judge", str(j["n"]), _fmt(j["win_rate_same_items"]),
+                         "-", "-", f"{_fmt(j['agrees_with_readers'])} (on the {j['decided']} "
+                         f"not tied: {_fmt(j['agrees_where_readers_decided'])})"])
+    return rows
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"

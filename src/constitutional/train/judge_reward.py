@@ -7,9 +7,9 @@ ratings (" 1/10" ... " 10/10", from `score_choices`) are normalized over the ten
 the probability-weighted score, rescaled from [1, 10] to [-1, 1]. The ratings carry "/10"
 because where digits are single tokens " 1" is a prefix of " 10": its probability would hold
 the mass of "10" too, and the ending is what lets `score_choices` keep them apart. The
-principle of each answer is drawn with a seed from the prompt (the same answer to the same prompt always gets
-the same principle). `JudgeReward` has both reward signatures: PPO's (conversations, answers)
-and TRL's GRPO / RLOO `reward_funcs` (prompts, completions).
+principle of each answer is drawn with a seed from the prompt (the same answer to the same
+prompt always gets the same principle). `JudgeReward` has both reward signatures: PPO's
+(conversations, answers) and TRL's GRPO / RLOO `reward_funcs` (prompts, completions).
 
 `rl.reward: judge` (stages/rl.py) gives this reward to PPO, GRPO or RLOO; the rating model is
 `rl.judge` (the recipe's labeler by default) and the principles `rl.judge_constitution`.
