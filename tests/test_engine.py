@@ -397,3 +397,89 @@ def test_bf16_greedy_decode_follows_plain_bf16_forward(tiny_llama):
             gaps.append(float(row.max() - row[t]))
     assert len(gaps) > 40
     assert max(gaps) < 0.15, sorted(gaps)[-5:]
+
+
+def _one_row_per_pass(monkeypatch):
+    """Every prefill and scoring pass takes a single row (as the 1.5B model's would at a
+    many-row width), so stacking and per-pass scoring are exercised on a tiny model."""
+    monkeypatch.setattr(kv_engine, "PASS_BYTES", 1)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_prefill_in_passes_of_one_row_decodes_the_same_tokens(llama_backend, monkeypatch,
+                                                               shared):
+    shots = [{"role": "user", "content": "An example question about cooking rice well?"},
+             {"role": "assistant", "content": "Rinse it, then simmer it covered for twenty "
+                                              "minutes and let it rest."}]
+    prompts = [shots + p if shared and isinstance(p, list) else p for p in PROMPTS]
+    if shared:
+        prompts = [p for p in prompts if isinstance(p, list)]
+    for s in (Sampling(temperature=0.0, max_tokens=24),
+              Sampling(n=2, temperature=1.0, top_p=0.9, max_tokens=24, seed=3)):
+        whole = llama_backend.generate(prompts, s)
+        passes = []
+        real = kv_engine._forward_new_tokens
+        with monkeypatch.context() as m:
+            _one_row_per_pass(m)
+            m.setattr(kv_engine, "_forward_new_tokens",
+                      lambda *a, **k: passes.append(a[2].shape) or real(*a, **k))
+            split = llama_backend.generate(prompts, s)
+        # one prefill pass per row of a batch (batch_size 4), then one-row-wide decode steps
+        prefill = [p for p in passes if p[1] > 1]
+        assert prefill and all(p[0] == 1 for p in prefill)
+        assert [[c.text for c in cs] for cs in split] == [[c.text for c in cs] for cs in whole]
+        assert [[c.tokens for c in cs] for cs in split] == \
+            [[c.tokens for c in cs] for cs in whole]
+
+
+def test_scoring_in_passes_of_one_row_matches_one_pass(llama_backend, monkeypatch):
+    ctx = "Human: How do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast. " * 3
+    prompts = [f"{ctx}\n{q}\nOptions:\n(A) yes\n(B) no\nThe answer is:"
+               for q in ("Which is less harmful?", "Which is more honest?", "Kinder?")]
+    prompts += ["short one", "a slightly longer prompt of its own, not shared"]
+    options = [[" (A)", " (B)"]] * 3 + [[" yes", " no", " maybe so"]] * 2
+    whole = llama_backend.score_choices(prompts, options)
+    calls = []
+    real = kv_engine._score_rows_causal
+    with monkeypatch.context() as m:
+        _one_row_per_pass(m)
+        m.setattr(kv_engine, "_score_rows_causal",
+                  lambda model, rows, pad: calls.append(len(rows)) or real(model, rows, pad))
+        split = llama_backend.score_choices(prompts, options)
+    assert calls and set(calls) == {1}       # the unshared rows went one at a time
+    for a, b in zip(split, whole):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_rows_per_pass_keeps_the_widest_activation_within_budget(tiny_llama, monkeypatch):
+    be = load_backend_fp32(tiny_llama)
+    c = be.model.config
+    monkeypatch.setattr(kv_engine, "PASS_BYTES", 10 * 50 * c.intermediate_size * 4)
+    # 50 new tokens a row attending to 20 keys: the MLP's activation (intermediate_size fp32
+    # values a token) is the widest, and 10 rows fill the budget
+    assert c.intermediate_size > c.num_attention_heads * 20
+    assert kv_engine.rows_per_pass(be.model, 50, 20) == 10
+    # attending to a long cache: attention's fp32 scores (heads x keys a token) are 5x the
+    # MLP's, so 10 // 5 rows
+    keys = 5 * c.intermediate_size // c.num_attention_heads
+    assert kv_engine.rows_per_pass(be.model, 50, keys) == 2
+    assert kv_engine.rows_per_pass(be.model, 10 ** 9, 10 ** 9) == 1   # never zero rows
+
+
+def test_stack_aligns_each_part_to_the_end_and_zeroes_the_padding():
+    def part(rows, length, base):
+        c = kv_engine.KVCache(1)
+        c.reserve(length)
+        k = base + torch.arange(rows * 2 * length * 3, dtype=torch.float32).view(rows, 2, length, 3)
+        c.update(k, -k, 0)
+        c.length, c.valid = length, torch.ones(rows, length, dtype=torch.bool)
+        c.valid[:, 0] = False                    # each part's own left padding is kept
+        return c, k
+    (a, ka), (b, kb) = part(2, 5, 0.0), part(1, 3, 1000.0)
+    s = kv_engine.KVCache.stack([a, b], capacity=7)
+    assert s.length == 5 and s.capacity == 16 and s.k[0].shape == (3, 2, 16, 3)
+    assert torch.equal(s.k[0][:2, :, :5], ka) and torch.equal(s.v[0][:2, :, :5], -ka)
+    assert torch.equal(s.k[0][2:, :, 2:5], kb) and torch.equal(s.v[0][2:, :, 2:5], -kb)
+    assert not s.k[0][2:, :, :2].any() and not s.v[0][2:, :, :2].any()
+    assert s.valid.tolist() == [[False, True, True, True, True]] * 2 + \
+        [[False, False, False, True, True]]

@@ -8,7 +8,9 @@ The model's own modules do the math; we own three things that decide speed on a 
   in fp32 decoding two small batched matmuls, which are faster there;
 - the batch: explicit position ids and 4D masks (left padding, a shared prefix broadcast to
   many rows), finished rows compacted away, and one random stream per row, so a row's sample
-  does not depend on which rows it was batched with.
+  does not depend on which rows it was batched with;
+- the size of a pass: on a CPU a many-row prefill or scoring pass runs a few rows at a time,
+  so that no activation outgrows the allocator's heap (`rows_per_pass`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ _BLOCK = 16
 MIN_SHARED_DECODE_PREFIX = 32
 # Pure top-p sampling looks for each row's nucleus among its top-k candidates at these widths.
 _NUCLEUS_WIDTHS = (64, 512, 4096)
+# The largest activation of one CPU forward pass stays under this. glibc serves blocks up to
+# its 32 MiB mmap threshold (the most cpu_runtime.keep_freed_memory can ask for) from a heap
+# it keeps; a bigger block is a fresh mapping, page-faulted in on every allocation. A
+# 128-prompt prefill of the 1.5B feedback model made MLP activations of ~480 MB in every
+# layer: passes of 8 rows ran it 1.6x as fast, with 2% of the page faults (bench/prefill.py).
+PASS_BYTES = 24 * 1024 ** 2
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
@@ -176,6 +184,43 @@ class KVCache:
         out.valid = self.valid.expand(n, -1)
         return out
 
+    @staticmethod
+    def stack(parts: Sequence["KVCache"], capacity: int) -> "KVCache":
+        """One cache holding the rows of `parts` in order, each part's filled tokens aligned
+        to the end (a shorter part gets more left padding, masked out by `valid`)."""
+        out = KVCache(len(parts[0].k))
+        out.length = max(p.length for p in parts)
+        out.capacity = -(-max(capacity, out.length) // _BLOCK) * _BLOCK
+        rows = sum(p.k[0].shape[0] for p in parts)
+        out.valid = torch.zeros(rows, out.length, dtype=torch.bool, device=parts[0].k[0].device)
+        for layer in range(len(out.k)):
+            # zeros, not empty: the extra padding is masked out, but a masked slot holding
+            # NaN bits would still poison its row (0 * NaN in attention's weighted sum)
+            k0 = parts[0].k[layer]
+            out.k[layer] = k0.new_zeros(rows, k0.shape[1], out.capacity, k0.shape[3])
+            out.v[layer] = k0.new_zeros(rows, k0.shape[1], out.capacity, k0.shape[3])
+        r = 0
+        for p in parts:
+            n, lead = p.k[0].shape[0], out.length - p.length
+            out.valid[r:r + n, lead:] = p.valid
+            for layer in range(len(out.k)):
+                out.k[layer][r:r + n, :, lead:out.length] = p.k[layer][:, :, :p.length]
+                out.v[layer][r:r + n, :, lead:out.length] = p.v[layer][:, :, :p.length]
+            r += n
+        return out
+
+
+def rows_per_pass(model, width: int, keys: int) -> int:
+    """How many rows of `width` new tokens (attending to `keys` tokens) one forward pass
+    takes: on a CPU as many as keep the widest activation (the MLP's, or attention's fp32
+    scores) within PASS_BYTES; elsewhere all of them."""
+    if model.device.type != "cpu":
+        return 1 << 30
+    c = model.config
+    mlp = (getattr(c, "intermediate_size", None) or 4 * c.hidden_size) * model.dtype.itemsize
+    per_row = width * max(mlp, c.num_attention_heads * keys * 4)
+    return max(1, PASS_BYTES // max(1, per_row))
+
 
 def _left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
@@ -192,7 +237,8 @@ def _forward_new_tokens(model, cache: KVCache, ids: torch.Tensor, valid: torch.T
                         start_pos: torch.Tensor | int, keep: int):
     """Run `ids` [B, q] (left-padded, `valid` marks real tokens) after the cached tokens.
 
-    Every new token attends to all cached tokens that are valid (`cache.valid`) and causally to the valid new tokens before it.
+    Every new token attends to all cached tokens that are valid (`cache.valid`) and causally
+    to the valid new tokens before it.
     Returns logits of the last `keep` positions, [B, keep, V].
     """
     B, q = ids.shape
@@ -353,16 +399,23 @@ def _prefill(model, prompts: Sequence[list[int]], pad_id: int):
         prefix = prefill_prefix(model, list(prompts[0][:shared]))
     else:
         shared = 0
-    ids, valid = _left_pad([p[shared:] for p in prompts], pad_id)
-    ids, valid = ids.to(dev), valid.to(dev)
-    capacity = shared + ids.shape[1]
-    if prefix is not None:
-        cache = prefix.broadcast(n, capacity)
-    else:
-        cache = KVCache(model.config.num_hidden_layers)
-        cache.reserve(capacity)
-    logits = _forward_new_tokens(model, cache, ids, valid, shared, keep=1)[:, -1]
-    return cache, logits, shared + valid.long().sum(-1, keepdim=True)
+    tails = [p[shared:] for p in prompts]
+    capacity = shared + max(map(len, tails))
+    step = rows_per_pass(model, capacity - shared, capacity)
+    parts, logits = [], []
+    for a in range(0, n, step):
+        ids, valid = _left_pad(tails[a:a + step], pad_id)
+        if prefix is not None:
+            cache = prefix.broadcast(len(ids), shared + ids.shape[1])
+        else:
+            cache = KVCache(model.config.num_hidden_layers)
+            cache.reserve(ids.shape[1])
+        logits.append(_forward_new_tokens(model, cache, ids.to(dev), valid.to(dev), shared,
+                                          keep=1)[:, -1])
+        parts.append(cache)
+    cache = parts[0] if len(parts) == 1 else KVCache.stack(parts, capacity)
+    lengths = torch.tensor([[len(t)] for t in tails], dtype=torch.long, device=dev)
+    return cache, torch.cat(logits), shared + lengths
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -411,9 +464,22 @@ def prefill_prefix(model, prefix: list[int]) -> KVCache:
 @_inference
 def score_rows(model, prefix_cache: KVCache | None, rows: Sequence[ScoreRow],
                pad_id: int) -> list[list[float]]:
-    """Sum of target log-probs for each (row, target sequence), in one forward pass."""
-    if prefix_cache is None:
-        return _score_rows_causal(model, rows, pad_id)
+    """Sum of target log-probs for each (row, target sequence): one forward pass, or on a
+    CPU as few passes of `rows_per_pass` rows as the batch needs."""
+    plen = 0 if prefix_cache is None else prefix_cache.length
+    width = max(len(r.tokens) for r in rows)
+    step = rows_per_pass(model, width, plen + width)
+    out = []
+    for a in range(0, len(rows), step):
+        part = rows[a:a + step]
+        out += (_score_rows_causal(model, part, pad_id) if prefix_cache is None else
+                _score_rows_after(model, prefix_cache, part, pad_id))
+    return out
+
+
+def _score_rows_after(model, prefix_cache: KVCache, rows: Sequence[ScoreRow],
+                      pad_id: int) -> list[list[float]]:
+    """Rows that continue one cached prefix: left-padded after it."""
     ids, valid = _left_pad([r.tokens for r in rows], pad_id)
     ids, valid = ids.to(model.device), valid.to(model.device)
     keep = max(len(t) for r in rows for t in r.targets)
