@@ -73,6 +73,7 @@ bench: $(STAMP) $(FEEDBACK_STAMP)
 	$(BIN)/python -m pip install -q llama-cpp-python==0.3.36
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/feedback_model.py
+	$(BIN)/python bench/prefill.py
 	$(BIN)/python bench/engine_parts.py
 	$(BIN)/python bench/score.py
 	$(BIN)/python bench/critique.py
