@@ -187,3 +187,30 @@ def test_the_readme_blind_read_is_what_the_committed_choices_give():
         w = res[axis]["readers"]["engineer"]
         assert (w["n"], round(w["win_rate"], 2), w["ties"]) == (64, 0.66, ties)
         assert [round(x, 2) for x in w["ci95"]] == [0.56, 0.77]
+
+
+def test_the_readme_blind_read_on_hh_prompts_is_what_the_committed_choices_give():
+    from pathlib import Path
+
+    from constitutional.evals.blind import read_choices, score
+
+    folder = Path(__file__).resolve().parents[1] / "docs/blind_read_hh"
+    key = json.loads((folder / "key.json").read_text())
+    choices = read_choices(folder / "engineer.csv", key)
+    assert key["models"] == ["base", "RL-CAI"] and len(choices) == 128
+    w = score(key, {"engineer": choices})["axes"]["harmlessness"]["readers"]["engineer"]
+    assert (w["n"], round(w["win_rate"], 2), w["ties"]) == (128, 0.59, 63)
+    assert [round(x, 2) for x in w["ci95"]] == [0.53, 0.65]
+
+
+def test_the_external_eval_config_is_the_greedy_base_vs_rl_cai_comparison():
+    from pathlib import Path
+
+    from constitutional.config import load_config
+    from constitutional.stages.eval import EvalConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs/eval_external.yaml"
+    cfg = load_config(EvalConfig, path, ["prompts.harmlessness=r.jsonl"])
+    assert [m.title for m in cfg.models] == ["base", "RL-CAI"]
+    assert cfg.sampling.temperature == 0.0 and cfg.compare == "anchor" and cfg.limit == 128
+    assert cfg.prompts["harmlessness"] == "r.jsonl"

@@ -399,10 +399,15 @@ def test_bf16_greedy_decode_follows_plain_bf16_forward(tiny_llama):
     assert max(gaps) < 0.15, sorted(gaps)[-5:]
 
 
-def _one_row_per_pass(monkeypatch):
-    """Every prefill and scoring pass takes a single row (as the 1.5B model's would at a
-    many-row width), so stacking and per-pass scoring are exercised on a tiny model."""
-    monkeypatch.setattr(kv_engine, "PASS_BYTES", 1)
+def _in_one_row_passes(monkeypatch, spied: str, run):
+    """(run()'s result, the positional arguments of every call of kv_engine.<spied>) with
+    each prefill and scoring pass one row wide (as the 1.5B model's are at a many-row width),
+    so stacking and per-pass scoring are exercised on a tiny model."""
+    calls, real = [], getattr(kv_engine, spied)
+    with monkeypatch.context() as m:
+        m.setattr(kv_engine, "PASS_BYTES", 1)
+        m.setattr(kv_engine, spied, lambda *a, **k: calls.append(a) or real(*a, **k))
+        return run(), calls
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -417,15 +422,10 @@ def test_prefill_in_passes_of_one_row_decodes_the_same_tokens(llama_backend, mon
     for s in (Sampling(temperature=0.0, max_tokens=24),
               Sampling(n=2, temperature=1.0, top_p=0.9, max_tokens=24, seed=3)):
         whole = llama_backend.generate(prompts, s)
-        passes = []
-        real = kv_engine._forward_new_tokens
-        with monkeypatch.context() as m:
-            _one_row_per_pass(m)
-            m.setattr(kv_engine, "_forward_new_tokens",
-                      lambda *a, **k: passes.append(a[2].shape) or real(*a, **k))
-            split = llama_backend.generate(prompts, s)
+        split, calls = _in_one_row_passes(monkeypatch, "_forward_new_tokens",
+                                          lambda: llama_backend.generate(prompts, s))
         # one prefill pass per row of a batch (batch_size 4), then one-row-wide decode steps
-        prefill = [p for p in passes if p[1] > 1]
+        prefill = [a[2].shape for a in calls if a[2].shape[1] > 1]
         assert prefill and all(p[0] == 1 for p in prefill)
         assert [[c.text for c in cs] for cs in split] == [[c.text for c in cs] for cs in whole]
         assert [[c.tokens for c in cs] for cs in split] == \
@@ -439,14 +439,9 @@ def test_scoring_in_passes_of_one_row_matches_one_pass(llama_backend, monkeypatc
     prompts += ["short one", "a slightly longer prompt of its own, not shared"]
     options = [[" (A)", " (B)"]] * 3 + [[" yes", " no", " maybe so"]] * 2
     whole = llama_backend.score_choices(prompts, options)
-    calls = []
-    real = kv_engine._score_rows_causal
-    with monkeypatch.context() as m:
-        _one_row_per_pass(m)
-        m.setattr(kv_engine, "_score_rows_causal",
-                  lambda model, rows, pad: calls.append(len(rows)) or real(model, rows, pad))
-        split = llama_backend.score_choices(prompts, options)
-    assert calls and set(calls) == {1}       # the unshared rows went one at a time
+    split, calls = _in_one_row_passes(monkeypatch, "_score_rows_causal",
+                                      lambda: llama_backend.score_choices(prompts, options))
+    assert calls and {len(a[1]) for a in calls} == {1}    # unshared rows went one at a time
     for a, b in zip(split, whole):
         assert a == pytest.approx(b, abs=1e-4)
 
