@@ -471,7 +471,7 @@ def test_stack_aligns_each_part_to_the_end_and_zeroes_the_padding():
         c.valid[:, 0] = False                    # each part's own left padding is kept
         return c, k
     (a, ka), (b, kb) = part(2, 5, 0.0), part(1, 3, 1000.0)
-    s = kv_engine.KVCache.stack([a, b], capacity=7)
+    s = kv_engine.KVCache.stack([a, b])
     assert s.length == 5 and s.capacity == 16 and s.k[0].shape == (3, 2, 16, 3)
     assert torch.equal(s.k[0][:2, :, :5], ka) and torch.equal(s.v[0][:2, :, :5], -ka)
     assert torch.equal(s.k[0][2:, :, 2:5], kb) and torch.equal(s.v[0][2:, :, 2:5], -kb)

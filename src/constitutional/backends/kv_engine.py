@@ -35,9 +35,10 @@ MIN_SHARED_DECODE_PREFIX = 32
 _NUCLEUS_WIDTHS = (64, 512, 4096)
 # The largest activation of one CPU forward pass stays under this. glibc serves blocks up to
 # its 32 MiB mmap threshold (the most cpu_runtime.keep_freed_memory can ask for) from a heap
-# it keeps; a bigger block is a fresh mapping, page-faulted in on every allocation. A
-# 128-prompt prefill of the 1.5B feedback model made MLP activations of ~480 MB in every
-# layer: passes of 8 rows ran it 1.6x as fast, with 2% of the page faults (bench/prefill.py).
+# it keeps; a bigger block is a fresh mapping, page-faulted in on every allocation. 64
+# critique requests on the 1.5B feedback model made MLP activations of ~180 MB in every
+# layer: passes of 8 rows prefilled them 1.5x as fast, with under 1% of the page faults
+# (bench/prefill.py).
 PASS_BYTES = 24 * 1024 ** 2
 
 
@@ -185,12 +186,12 @@ class KVCache:
         return out
 
     @staticmethod
-    def stack(parts: Sequence["KVCache"], capacity: int) -> "KVCache":
+    def stack(parts: Sequence["KVCache"]) -> "KVCache":
         """One cache holding the rows of `parts` in order, each part's filled tokens aligned
         to the end (a shorter part gets more left padding, masked out by `valid`)."""
         out = KVCache(len(parts[0].k))
         out.length = max(p.length for p in parts)
-        out.capacity = -(-max(capacity, out.length) // _BLOCK) * _BLOCK
+        out.capacity = -(-out.length // _BLOCK) * _BLOCK
         rows = sum(p.k[0].shape[0] for p in parts)
         out.valid = torch.zeros(rows, out.length, dtype=torch.bool, device=parts[0].k[0].device)
         for layer in range(len(out.k)):
@@ -400,8 +401,8 @@ def _prefill(model, prompts: Sequence[list[int]], pad_id: int):
     else:
         shared = 0
     tails = [p[shared:] for p in prompts]
-    capacity = shared + max(map(len, tails))
-    step = rows_per_pass(model, capacity - shared, capacity)
+    width = max(map(len, tails))
+    step = rows_per_pass(model, width, shared + width)
     parts, logits = [], []
     for a in range(0, n, step):
         ids, valid = _left_pad(tails[a:a + step], pad_id)
@@ -413,7 +414,7 @@ def _prefill(model, prompts: Sequence[list[int]], pad_id: int):
         logits.append(_forward_new_tokens(model, cache, ids.to(dev), valid.to(dev), shared,
                                           keep=1)[:, -1])
         parts.append(cache)
-    cache = parts[0] if len(parts) == 1 else KVCache.stack(parts, capacity)
+    cache = parts[0] if len(parts) == 1 else KVCache.stack(parts)
     lengths = torch.tensor([[len(t)] for t in tails], dtype=torch.long, device=dev)
     return cache, torch.cat(logits), shared + lengths
 
