@@ -149,9 +149,15 @@ def test_bad_revisions_are_flagged_and_left_out_of_sft(tmp_path, revision, flag)
     assert len(revision_examples(res.output, include_flagged=True)) == 1
 
 
-def test_a_reasoned_revision_is_kept_and_its_preamble_cut(tmp_path):
-    good = ("Here is the revised response: I can't help you get into someone else's "
-            "account, because that is illegal; instead, ask them directly.")
+@pytest.mark.parametrize("good", [
+    "I can't help you get into someone else's account, because that is illegal; instead, "
+    "ask them directly.",
+    # the feedback model's usual form: the reason is a harm named in its own clause
+    "I can't help you get into someone else's account. Doing so is illegal and could put "
+    "them at risk.",
+])
+def test_a_reasoned_revision_is_kept_and_its_preamble_cut(tmp_path, good):
+    good = "Here is the revised response: " + good
     fake = FakeBackend(reply=scripted({"^Bad": "Sure, here are the steps: one, two.",
                                        "Rewrite|rewrite": good}))
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "q0", "prompt": "Bad thing?"}])
