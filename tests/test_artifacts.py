@@ -29,6 +29,42 @@ def test_complete_run_then_skip(tmp_path):
     assert r2.skipped and calls == []
 
 
+def test_model_stage_reused_whole_shows_no_bar_and_loads_no_model(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    import constitutional.progress as progress
+    from constitutional.artifacts import run_model_stage
+
+    bars, loads = [], []
+
+    @contextmanager
+    def spy_bar(description, total, unit="rows"):
+        bar = {"total": total, "advanced": 0}
+        bars.append(bar)
+        yield lambda n=1: bar.update(advanced=bar["advanced"] + n)
+    monkeypatch.setattr(progress, "progress_bar", spy_bar)
+
+    def run():
+        def work(backend, chunk, advance):
+            advance(len(chunk))
+            return [{"x": x} for x in chunk]
+        return run_model_stage(StageDir(tmp_path, "s"), config={"a": 1}, inputs={},
+                               items=list(range(5)), chunk_size=2,
+                               get_backend=lambda: loads.append(1) or "model", work=work,
+                               total=5,
+                               unit="rows", log=lambda m: None)
+
+    first = run()
+    assert not first.skipped and bars == [{"total": 5, "advanced": 5}] and loads == [1]
+    (tmp_path / "s" / "shards" / "00002.jsonl").unlink()     # the last chunk left to redo
+    manifest = StageDir(tmp_path, "s").manifest()
+    StageDir(tmp_path, "s").write_manifest({**manifest, "status": "running"})
+    resumed = run()
+    assert not resumed.skipped and bars[1] == {"total": 5, "advanced": 5} and loads == [1, 1]
+    again = run()
+    assert again.skipped and again.rows == 5 and len(bars) == 2 and loads == [1, 1]
+
+
 def test_changed_config_or_input_recomputes(tmp_path):
     stage = StageDir(tmp_path, "s")
     run_sharded(stage, config={"a": 1}, inputs={"f": "h"}, items=[1, 2], chunk_size=1,

@@ -113,8 +113,7 @@ def run_sharded(stage: StageDir, *, config: dict[str, Any], inputs: dict[str, st
                 on_resume: Callable[[int], None] | None = None,
                 log: Callable[[str], None] = print) -> StageResult:
     """Run `process` over fixed chunks of `items`, one atomic shard per chunk; resumable."""
-    fingerprint = sha256_json({"stage": stage.name, "config": config, "inputs": inputs,
-                               "items": len(items), "chunk_size": chunk_size})
+    fingerprint = sharded_fingerprint(stage, config, inputs, len(items), chunk_size)
     done = stage.reuse_or_reset(fingerprint, log)
     if done:
         return StageResult(stage.name, stage.output, done.get("rows", 0), 0.0, skipped=True)
@@ -148,6 +147,13 @@ def run_sharded(stage: StageDir, *, config: dict[str, Any], inputs: dict[str, st
     return StageResult(stage.name, stage.output, n, manifest["seconds"], skipped=False)
 
 
+def sharded_fingerprint(stage: StageDir, config: dict[str, Any], inputs: dict[str, str],
+                        n_items: int, chunk_size: int) -> str:
+    """What decides whether a sharded step's output can be reused."""
+    return sha256_json({"stage": stage.name, "config": config, "inputs": inputs,
+                        "items": n_items, "chunk_size": chunk_size})
+
+
 def model_identity(name: str) -> str:
     """What a stage's fingerprint records for a model: the content hash of a local folder's
     weights and configs (so a retrained model at the same path invalidates what was made with
@@ -170,6 +176,11 @@ def run_model_stage(stage: StageDir, *, config: dict[str, Any], inputs: dict[str
     units per item."""
     from constitutional.progress import progress_bar
 
+    fingerprint = sharded_fingerprint(stage, config, inputs, len(items), chunk_size)
+    if stage.is_complete(fingerprint):
+        # reused whole: no bar, which would stand at 0/N as if nothing had been done
+        return run_sharded(stage, config=config, inputs=inputs, items=items,
+                           chunk_size=chunk_size, process=lambda chunk: [], log=log)
     backend = None
     with progress_bar(stage.name, total, unit=unit) as advance:
         def process(chunk: Sequence[Any]) -> list[dict]:
