@@ -87,19 +87,31 @@ def test_parse_numbered_list_and_filters():
      False),
     (" Rule 7 (candor).\n\nWatson: I am not sure.\n\nUser: thanks", "I am not sure.", True),
     (" Thinking only, no reply at all.", None, False),
-    (" ok\nWatson: One.\nWatson (internal thoughts): again\nWatson: Two.", None, True),
+    # a second assistant turn ends the answer: what follows is cut, not kept or dropped
+    (" ok\nWatson: One.\nWatson (internal thoughts): again\nWatson: Two.", "One.", True),
+    (" ok\n\nWatson: One, then two.\n\nWatson: Three.", "One, then two.", True),
 ])
 def test_thoughts_and_answer_parsed_apart(completion, answer, ran_on):
     from constitutional.selfalign.principled import parse
 
     thoughts, got, r = parse(sa(), completion)
     assert r is ran_on
-    if answer is None and not ran_on:
+    if answer is None:
         assert got is None and thoughts.startswith("Thinking only")
-    elif answer is not None:
-        assert got == answer and "Watson" not in thoughts
     else:
-        assert got.startswith("One.")
+        assert got == answer and "Watson" not in thoughts
+
+
+def test_generation_stops_at_the_next_turn():
+    from constitutional.selfalign.principled import parse, turn_stops
+
+    stops = turn_stops(sa())
+    assert "\nWatson (internal thoughts)" in stops and "\nUser:" in stops
+    # the first "Watson:" (after the thoughts) must never stop the reply
+    assert not any(s.strip() == "Watson:" for s in stops)
+    completion = " Rule 3 applies.\n\nWatson: Paris.\n\nWatson (internal thoughts): more"
+    cut = min(completion.find(s) for s in stops if s in completion)
+    assert parse(sa(), completion[:cut])[1] == "Paris."
 
 
 def test_drop_reasons_and_cited_principles():
@@ -111,7 +123,9 @@ def test_drop_reasons_and_cited_principles():
     assert drop_reason(None, False, "stop", leaks) == "no_answer"
     assert drop_reason("  ", False, "stop", leaks) == "empty"
     assert drop_reason("Sure. " + copied, False, "stop", leaks) == "leaked_exemplar"
-    assert drop_reason("A fine original answer.", True, "stop", leaks) == "runaway"
+    # cut at its turn's end: complete, whatever the decoder's finish reason
+    assert drop_reason("A fine original answer.", True, "stop", leaks) is None
+    assert drop_reason("A fine original answer.", True, "length", leaks) is None
     assert drop_reason("A fine original answer.", False, "length", leaks) == "runaway"
     assert drop_reason("A fine original answer.", False, "stop", leaks) is None
     assert cited_principles(s, "Rule 12 (dated knowledge) and the candor rule apply; "

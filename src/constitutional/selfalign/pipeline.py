@@ -240,7 +240,8 @@ def run_principled(cfg: SelfAlignConfig, run_dir: Path, get_backend,
     run = RunDir.of(run_dir)
     rows = read_output(run.instructions.output)
     sampling = Sampling.from_config(cfg.answer_sampling)
-    sampling = Sampling(**{**sampling.__dict__, "stop": tuple(sampling.stop) + pr.TURN_STOPS})
+    stops = tuple(sampling.stop) + pr.turn_stops(sa)
+    sampling = Sampling(**{**sampling.__dict__, "stop": stops})
     leaks = pr.prompt_ngrams(sa)
 
     def work(backend, chunk, advance):
@@ -257,7 +258,7 @@ def run_principled(cfg: SelfAlignConfig, run_dir: Path, get_backend,
 
     return run_model_stage(
         run.self_align, config={"sampling": results_config(cfg.answer_sampling),
-                                "self_align": results_config(sa)},
+                                "stops": list(stops), "self_align": results_config(sa)},
         inputs={"instructions": sha256_json(rows),
                 "model": model_identity((cfg.feedback or cfg.model).name)},
         items=rows, chunk_size=cfg.chunk_size, get_backend=get_backend, work=work,

@@ -3,9 +3,11 @@
 The prompt is the constitution's `self_align` section: the preamble, the numbered principles,
 the exemplars (the user's request, the assistant's internal thoughts naming the principles,
 the answer), then the new instruction and "Watson (internal thoughts):". The model writes its
-thoughts and then "Watson: <answer>"; the two are parsed apart. An answer is dropped, with
-its reason counted, when it is empty or missing, repeats text of an exemplar or a principle
-(the model copied the prompt instead of answering), or runs on into further turns.
+thoughts and then "Watson: <answer>"; the two are parsed apart. A reply ends where the next
+turn begins (a "User:" turn or a second "Watson" turn): the text after it is the model playing
+on and is cut, as the paper's stop sequences cut it. An answer is dropped, with its reason
+counted, when it is empty or missing, repeats text of an exemplar or a principle (the model
+copied the prompt instead of answering), or hit the token cap before its turn ended.
 """
 
 from __future__ import annotations
@@ -32,9 +34,16 @@ def principled_prompt(sa: SelfAlign, instruction: str) -> str:
             f"{a} (internal thoughts):")
 
 
+def turn_stops(sa: SelfAlign) -> tuple[str, ...]:
+    """Stop sequences for a principle-driven answer: a user turn, or the assistant's thoughts
+    again (its first "<assistant>:" follows the thoughts, so that one cannot be a stop)."""
+    return TURN_STOPS + (f"\n{sa.assistant} (internal thoughts)",)
+
+
 def parse(sa: SelfAlign, completion: str) -> tuple[str, str | None, bool]:
-    """(thoughts, answer or None, ran_on): the answer follows "\\n<assistant>:"; text after a
-    new turn marker is cut and reported."""
+    """(thoughts, answer or None, ran_on): the answer follows "\\n<assistant>:" and ends
+    where a new turn begins (a user turn, or a second assistant turn inside the answer);
+    `ran_on` says that something after it was cut."""
     text, ran_on = completion, False
     for stop in TURN_STOPS:
         i = text.find(stop)
@@ -44,8 +53,10 @@ def parse(sa: SelfAlign, completion: str) -> tuple[str, str | None, bool]:
     if not m:
         return text.strip(), None, ran_on
     answer = text[m.end():]
-    if re.search(rf"\n\s*{re.escape(sa.assistant)}\s*(\(internal thoughts\))?\s*:", answer):
-        ran_on = True                # a second assistant turn inside the answer
+    again = re.search(rf"\n\s*{re.escape(sa.assistant)}\s*(\(internal thoughts\))?\s*:",
+                      answer)
+    if again:
+        answer, ran_on = answer[:again.start()], True
     return text[:m.start()].strip(), answer.strip(), ran_on
 
 
@@ -68,8 +79,8 @@ def drop_reason(answer: str | None, ran_on: bool, finish_reason: str,
         return "empty"
     if _ngrams(answer, LEAK_NGRAM) & leaks:
         return "leaked_exemplar"
-    if ran_on or finish_reason == "length":
-        return "runaway"
+    if finish_reason == "length" and not ran_on:
+        return "runaway"            # cut by the token cap mid-answer, not by its turn's end
     return None
 
 
