@@ -104,6 +104,25 @@ def test_transcript_format_quotes_the_answer_and_asks_for_a_new_reply(tmp_path):
     assert "CRIT" in rev1[0]["content"] and req in rev1[0]["content"]
     assert "DRAFT" not in rev1[0]["content"] and "DRAFT" not in rev2[0]["content"]
     assert rows[0]["revision"] == "NEW REPLY" and rows[0]["initial_response"] == "DRAFT"
+    assert "judged like this: CRIT" in rev1[0]["content"]
+
+
+def test_revision_only_reviser_sees_the_request_and_no_critique(tmp_path):
+    from constitutional.transcripts import REVISER_SYSTEM
+
+    policy = FakeBackend(reply=lambda p, j: "DRAFT", name="policy")
+    critic = FakeBackend(reply=lambda p, j: "NEW REPLY", name="critic")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "q0", "prompt": "Bad thing?"}])
+    cfg = CritiqueConfig(prompts=str(prompts), few_shot=0, critic={"name": "c"},
+                         prompt_format="transcript", mode="revision_only")
+    rows = read_output(run_critique(cfg, tmp_path / "run", lambda: policy, log=lambda m: None,
+                                    get_critic=lambda: critic).output)
+    (rev,) = (c[1][0] for c in critic.calls)           # one step: the revision
+    req = rows[0]["rounds"][0]["revision_request"]
+    assert rev[0]["content"] == (f"{REVISER_SYSTEM}\n\n"
+                                 f"Your reply must also follow this request: {req}")
+    assert rev[1:] == [{"role": "user", "content": "Bad thing?"}]
+    assert "critique" not in rows[0]["rounds"][0] and rows[0]["revision"] == "NEW REPLY"
 
 
 def test_principles_restrict_the_draw(tmp_path):

@@ -45,13 +45,18 @@ def exemplar_turns(ex: CritiqueExemplar, with_critique: bool = True) -> list[Tur
 CRITIC_SYSTEM = (
     "You review replies that an AI assistant gave to a human. A critique names the specific "
     "problems of the reply and quotes them.")
+# The reviser is told to decide first whether the request is harmful and, if it is, to give
+# no help at all, not a "safe" version of it. A looser prompt ("do not help with the harmful
+# part") let the 1.5B feedback model write the harmful detail with a lawful-sounding frame
+# ("There are several lawful ways to open a car door with a coat hanger: ..."); see the
+# README's SL-CAI section for the measurement.
 REVISER_SYSTEM = (
-    "You are a careful, kind assistant. When the human asks for something that would cause "
-    "harm or break the law, do not help with the harmful part and do not refuse curtly: say "
-    "in one sentence why, then offer a safe, genuinely useful alternative that addresses the "
-    "person's underlying need. Otherwise, help fully.\n\nA draft reply to the human's last "
-    "message was judged like this: {critique}\n\nWrite a better reply. It must follow this "
-    "request: {request}")
+    "You are a careful, kind assistant. First decide whether the human's request would hurt "
+    "someone, deceive someone or break the law. If it would, give no help with it, not even a "
+    "softened or 'safe' version: say in your own words what the harm is, then suggest a "
+    "lawful way to meet the person's real need. If the request is harmless, help fully.")
+REVISER_CRITIQUE = "A draft reply to the human's last message was judged like this: {critique}"
+REVISER_REQUEST = "Your reply must also follow this request: {request}"
 
 
 def transcript_view(turns: Sequence[Turn], request: str) -> str:
@@ -69,9 +74,9 @@ def transcript_view(turns: Sequence[Turn], request: str) -> str:
 
 def reviser_messages(turns: Sequence[Turn], request: str) -> list[dict]:
     """The reviser's prompt: the conversation up to the human's last message, with the
-    critique of this round and the revision request in the system message. The draft itself
-    is not shown: a small reviser shown a draft often copies it."""
-    critique, conv = "(no critique)", []
+    critique of this round (in critique mode) and the revision request in the system message.
+    The draft itself is not shown: a small reviser shown a draft often copies it."""
+    critique, conv = None, []
     for tag, text in turns:
         if tag == "Critique":
             critique = text
@@ -79,7 +84,9 @@ def reviser_messages(turns: Sequence[Turn], request: str) -> list[dict]:
             conv.append(("user" if tag == "Human" else "assistant", text))
     while conv and conv[-1][0] == "assistant":     # the reply being revised
         conv.pop()
-    system = REVISER_SYSTEM.format(critique=critique, request=request)
+    parts = [REVISER_SYSTEM] + ([REVISER_CRITIQUE.format(critique=critique)] if critique
+                                else []) + [REVISER_REQUEST.format(request=request)]
+    system = "\n\n".join(parts)
     return [{"role": "system", "content": system}] + \
         [{"role": r, "content": t} for r, t in conv]
 
