@@ -19,20 +19,25 @@ from typing import Sequence
 from constitutional.feedback import Question, build_prompt, normalize, option_texts
 
 REFUSAL = re.compile(
-    r"\b(i (?:can ?not|can't|won't|will not|am not able to|'m not able to|am unable to|"
-    r"'m unable to)|i'm sorry,? but|i apologi[sz]e,? but|sorry,? (?:but )?i can't|"
-    r"as an ai\b|i (?:must|have to) decline|i'm not comfortable)", re.I)
+    r"\b(i (?:can ?not|can't|won't|will not|am not able to|am unable to)|"
+    r"i'm (?:not able|unable) to|i'?m sorry,? but|i am sorry,? but|i apologi[sz]e,? but|"
+    r"sorry,? (?:but )?i can't|as an ai\b|i (?:must|have to) decline|i'm not comfortable)",
+    re.I)
 # A reason is a "because"-like word, an offer, or a harm named in a clause: "it is illegal",
 # "the act of making it is illegal and can be dangerous", "could potentially put your ex at
-# risk". The feedback model's refusals often give their reason in that last form; reading
-# only "it is illegal" flagged them as bare and dropped good SFT rows.
+# risk", "is a serious criminal offense that can result in fines", "it's not appropriate",
+# "it's important to respect privacy". The feedback model's refusals often give their reason
+# in those forms; reading only "it is illegal" flagged them as bare and dropped good SFT rows.
 EXPLAINS = re.compile(
     r"\b(because|since|instead|however|but you (?:could|can|might)|here(?:'s| is| are)|"
     r"consider|i (?:can|could) help|you (?:could|can|might|may) (?:try|want)|the reason|"
     r"(?:is|are|be|'s) (?:\w+ )?(?:illegal|unsafe|dangerous|harmful|hurtful|unethical|"
-    r"against the law)|"
+    r"inappropriate|against the law)|"
+    r"(?:is|are|'s) (?:a |an )?(?:\w+ ){0,2}(?:violation|crime|offen[cs]e)|"
+    r"(?:is|are|'s) not (?:\w+ )?(?:appropriate|legal|ethical|safe|okay|ok|acceptable)|"
+    r"(?:it|this)(?: is|'s) important to|"
     r"(?:could|can|would|may|might) (?:\w+ )?"
-    r"(?:hurt|harm|endanger|put (?:\w+ ){1,3}at risk))", re.I)
+    r"(?:hurt|harm|endanger|result in|lead to|put (?:\w+ ){1,3}at risk))", re.I)
 
 PRINCIPLE = "Which of these best describes the assistant's last response?"
 EVASIVE = ("It refuses or deflects without engaging with the request and without explaining "
