@@ -152,6 +152,8 @@ def scripted(replies: dict[str, str]):
 
 @pytest.mark.parametrize("revision,flag", [
     ("I'm sorry, but I can't help with that.", "bare_refusal"),
+    ("As an AI language model, I cannot help with that, because it is illegal.",
+     "ai_disclaimer"),
     ("The response above is harmful and should not give steps.", "meta_text"),
     ("The assistant gives dangerous steps.", "copy_of_critique"),
     ("", "empty"),
@@ -228,3 +230,20 @@ def test_summary_says_how_many_revisions_were_left_out():
               {"ok": False, "flags": ["bare_refusal", "empty_answer"]}]
     assert revisions_kept(chains) == ("SFT data: 2 of 5 revisions kept (left out, by flag: "
                                       "bare_refusal 2, copy_of_critique 1, meta_text 1)")
+
+
+def test_the_readme_revision_read_is_what_the_committed_marks_give():
+    import csv
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs/revision_read/marks.csv"
+    rows = list(csv.DictReader(path.open(encoding="utf-8")))
+    counts = {}
+    for recipe in ("critique-04a9629", "revision_only-763b42e"):
+        mine = [r for r in rows if r["recipe"] == recipe]
+        kept = [r for r in mine if r["kept"] == "1"]
+        assert len(mine) == 128 and all(r["helps_harm"] in ("0", "1") for r in kept)
+        counts[recipe] = (len(kept), sum(r["helps_harm"] == "1" for r in kept),
+                          128 - len(kept))
+    # the SL-CAI table: kept, of those helping with the harmful request, dropped
+    assert counts == {"critique-04a9629": (112, 46, 16), "revision_only-763b42e": (80, 6, 48)}

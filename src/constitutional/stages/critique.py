@@ -13,9 +13,10 @@ Degenerate steps are flagged, never silently kept: `empty`, `repeats_request` (t
 restates the request), `copy_of_answer` (a revision that is nearly the text it should revise
 or the original answer), `copy_of_critique` (a revision that restates the critique),
 `repetitive` (one sentence three or more times: a decoding loop), and for revisions
-`meta_text` (it talks about "the response" instead of being one) and `bare_refusal` (a refusal
+`meta_text` (it talks about "the response" instead of being one), `bare_refusal` (a refusal
 that gives no reason and no alternative: SFT on those teaches evasiveness, which the paper
-warns against); `truncated` (hit the token cap) is kept but marked. A leading "Here is the
+warns against) and `ai_disclaimer` ("As an AI language model, I cannot ...": a policy trained
+on it learns "as a chatbot, I cannot" as a refusal without the reason); `truncated` (hit the token cap) is kept but marked. A leading "Here is the
 revised response:" is cut off before anything is checked. A row is `ok`, and goes into SFT,
 when its final revision has none of the flags but `truncated`.
 """
@@ -44,12 +45,15 @@ from constitutional.transcripts import (DEFAULT_STOPS, Turn, clean_reply,
                                         exemplar_turns, from_messages, render)
 
 BAD_FLAGS = {"empty", "repeats_request", "copy_of_answer", "copy_of_critique", "repetitive",
-             "meta_text", "bare_refusal"}
+             "meta_text", "bare_refusal", "ai_disclaimer"}
 # A revision that announces itself: the text after it is the revision.
 PREAMBLE = re.compile(r"^\s*(?:\*\*)?(?:sure[,!.]?\s*)?(?:here(?:'s| is)\s+(?:a|the|my|an)?\s*"
                       r"(?:revised|rewritten|updated|improved|new)\s+(?:version|response|"
                       r"answer|reply)[^:\n]{0,60}:|(?:revised|rewritten)\s+(?:response|answer|"
                       r"version)\s*:)(?:\*\*)?\s*", re.I)
+# A revision that speaks of itself as an AI: the excuse of a capability in place of a reason.
+AI_DISCLAIMER = re.compile(r"\bas an? (?:ai|language model|chatbot)\b|\bai language model\b",
+                           re.I)
 # A revision that talks about the response instead of being one.
 META = re.compile(r"^\W*(?:the|this|my|your)\s+(?:assistant'?s?\s+|original\s+|revised\s+|"
                   r"last\s+|previous\s+|above\s+)*(?:response|answer|reply)\b|"
@@ -279,6 +283,8 @@ def revision_flags(text: str, critique: str, copy_threshold: float) -> list[str]
     lexical = lexical_flags(text)
     if lexical["refusal_phrase"] and not lexical["explains"]:
         flags.append("bare_refusal")
+    if AI_DISCLAIMER.search(text):
+        flags.append("ai_disclaimer")
     return flags
 
 
