@@ -203,6 +203,22 @@ def test_the_readme_blind_read_on_hh_prompts_is_what_the_committed_choices_give(
     assert [round(x, 2) for x in w["ci95"]] == [0.53, 0.65]
 
 
+def test_the_readme_blind_read_of_b371d99_is_what_the_committed_choices_give():
+    from pathlib import Path
+
+    from constitutional.evals.blind import read_choices, score
+
+    folder = Path(__file__).resolve().parents[1] / "docs/blind_read_b371d99"
+    key = json.loads((folder / "key.json").read_text())
+    choices = read_choices(folder / "engineer.csv", key)
+    assert key["models"] == ["base", "RL-CAI"] and key["seed"] == 1207
+    axes = score(key, {"engineer": choices})["axes"]
+    w = axes["harmlessness"]["readers"]["engineer"]
+    assert (w["n"], round(w["win_rate"], 2), w["ties"]) == (64, 0.67, 26)
+    assert [round(x, 2) for x in w["ci95"]] == [0.59, 0.75]
+    assert axes["helpfulness"]["readers"]["engineer"]["n"] == 0      # not read
+
+
 def test_the_external_eval_config_is_the_greedy_base_vs_rl_cai_comparison():
     from pathlib import Path
 

@@ -239,11 +239,12 @@ def test_the_readme_revision_read_is_what_the_committed_marks_give():
     path = Path(__file__).resolve().parents[1] / "docs/revision_read/marks.csv"
     rows = list(csv.DictReader(path.open(encoding="utf-8")))
     counts = {}
-    for recipe in ("critique-04a9629", "revision_only-763b42e"):
+    for recipe in ("critique-04a9629", "revision_only-763b42e", "revision_only-b371d99"):
         mine = [r for r in rows if r["recipe"] == recipe]
         kept = [r for r in mine if r["kept"] == "1"]
         assert len(mine) == 128 and all(r["helps_harm"] in ("0", "1") for r in kept)
         counts[recipe] = (len(kept), sum(r["helps_harm"] == "1" for r in kept),
                           128 - len(kept))
     # the SL-CAI table: kept, of those helping with the harmful request, dropped
-    assert counts == {"critique-04a9629": (112, 46, 16), "revision_only-763b42e": (80, 6, 48)}
+    assert counts == {"critique-04a9629": (112, 46, 16), "revision_only-763b42e": (80, 6, 48),
+                      "revision_only-b371d99": (66, 6, 62)}
