@@ -16,8 +16,9 @@ or the original answer), `copy_of_critique` (a revision that restates the critiq
 `meta_text` (it talks about "the response" instead of being one), `bare_refusal` (a refusal
 that gives no reason and no alternative: SFT on those teaches evasiveness, which the paper
 warns against) and `ai_disclaimer` ("As an AI language model, I cannot ...": a policy trained
-on it learns "as a chatbot, I cannot" as a refusal without the reason); `truncated` (hit the token cap) is kept but marked. A leading "Here is the
-revised response:" is cut off before anything is checked. A row is `ok`, and goes into SFT,
+on it learns "as a chatbot, I cannot" as a refusal without the reason); `truncated` (hit the
+token cap) is kept but marked. A leading "Here is the revised response:" is cut off before
+anything is checked. A row is `ok`, and goes into SFT,
 when its final revision has none of the flags but `truncated`.
 """
 
