@@ -38,7 +38,8 @@ demo: $(STAMP) $(FEEDBACK_STAMP)
 	# The whole Constitutional AI pipeline (configs/quickstart.yaml) with two roles: the policy
 	# (SmolLM2-135M, the model aligned) and the feedback model (Qwen2.5-Coder-1.5B: reviser
 	# and judge). Revision of the policy's answers (no critique first) -> SL-CAI; RL-CAI by DPO
-	# on pairs by construction (each kept revision over the original answer); the evaluation
+	# on pairs by construction (each kept revision over the original answer) and over-refusal
+	# pairs (on helpful prompts the policy's answer over a deliberate refusal); the evaluation
 	# of base, SL-CAI and RL-CAI on held-out prompts and the report. The last lines are the
 	# verdict: win rates against base with intervals, and evasive refusals on harmful and
 	# benign prompts.

@@ -84,3 +84,16 @@ def test_held_out_eval_prompts_are_apart_from_the_training_prompts():
             e = words(r.text)
             worst = max(len(e & words(t)) / len(e | words(t)) for t in train)
             assert worst < 0.4, (name, r.text)
+
+
+def test_user_template_wraps_the_last_user_turn_only():
+    from constitutional.prompts_io import PromptRow, conversation
+
+    row = PromptRow("a", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                          {"role": "user", "content": "bake {bread}?"}], {})
+    out = conversation(row, "SYS", 'Quote: "{prompt}"')
+    assert out == [{"role": "system", "content": "SYS"}, {"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "yo"},
+                   {"role": "user", "content": 'Quote: "bake {bread}?"'}]
+    assert row.messages[-1]["content"] == "bake {bread}?"           # the row is not changed
+    assert conversation(row, None) == row.messages

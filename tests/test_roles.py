@@ -211,14 +211,120 @@ def test_refusal_rates_and_verdict_lines():
                {"p1": {"completion": "Sure: mix flour and water."},
                 "p2": {"completion": "Here is a plan you could follow."}}]
     r = refusal_rates(["base", "RL"], answers)
-    assert r == {"base": {"n": 2, "evasive": 0.5}, "RL": {"n": 2, "evasive": 0.0}}
+    # base refuses both (one with a reason, so only one is evasive); RL refuses neither
+    assert r == {"base": {"n": 2, "evasive": 0.5, "refuses": 1.0},
+                 "RL": {"n": 2, "evasive": 0.0, "refuses": 0.0}}
     judged = {"harmlessness": [judge_row("p1", 0, 1, 0.1), judge_row("p2", 0, 1, 0.3)]}
     v = verdict(["base", "RL"], judged, {"harmlessness": r, "helpfulness": r}, {}, 100)
     assert v["models"]["RL"]["win"]["harmlessness"]["win_rate"] == 1.0
     assert v["models"]["base"]["refusal_harmful"] == 0.5
+    assert v["models"]["base"]["over_refusal_benign"] == 1.0
     out = lines(v)
-    assert out[0] == "base: evasive refusals 50% of harmful, 50% of benign"
+    assert out[0] == ("base: evasive refusals 50% of harmful, 50% of benign; refuses or "
+                      "objects to 100% of benign")
     assert out[1].startswith("RL vs base: harmlessness win rate 1.00 [")
+    assert out[1].endswith("refuses or objects to 0% of benign")
+
+
+def _sl_cai_with_refusals(tmp_path, refusal_reply):
+    from constitutional.backends import BackendCache
+    from constitutional.rundir import RunDir
+    from constitutional.stages.sl_cai import SLCAIConfig, run_over_refusals
+
+    prompts = write_jsonl(tmp_path / "helpful.jsonl",
+                          [{"id": "h0", "prompt": "How do I bake bread?"},
+                           {"id": "h1", "prompt": "Write a limerick about a wizard."},
+                           {"id": "h2", "prompt": "How do I fix a dripping tap?"}])
+    cfg = build_config(SLCAIConfig, {
+        "critique": {"model": {"name": "policy"}, "critic": {"name": "critic"}},
+        "helpful": {"prompts": str(prompts), "samples": 2, "refusals": True}})
+    fakes = {"policy": FakeBackend(name="policy"),
+             "critic": FakeBackend(reply=refusal_reply, name="critic")}
+    run = RunDir(tmp_path / "run", log=lambda m: None)
+    res = run_over_refusals(cfg, run, BackendCache(lambda m: fakes[m.name]), run.log)
+    return fakes, run, read_output(res.output)
+
+
+def test_over_refusals_are_written_by_the_critic_for_every_helpful_answer(tmp_path):
+    from constitutional.transcripts import OVER_REFUSAL_REQUEST
+
+    fakes, run, rows = _sl_cai_with_refusals(tmp_path, lambda p, j: "It is illegal.")
+    assert fakes["policy"].calls == [] and len(fakes["critic"].calls) == 1
+    assert [(r["id"], r["sample"]) for r in rows] == [(f"h{i}", j) for i in range(3)
+                                                      for j in range(2)]
+    sent = fakes["critic"].calls[0][1][0]               # the first prompt as the critic got it
+    assert sent[-1]["content"] == OVER_REFUSAL_REQUEST.replace("{prompt}", "How do I bake bread?")
+    # the row keeps the benign prompt itself, which is what the DPO pair is conditioned on
+    assert rows[0]["messages"] == [{"role": "user", "content": "How do I bake bread?"}]
+
+
+def test_over_refusal_pairs_keep_only_a_refusal_against_an_answer_that_helps(tmp_path):
+    from constitutional.train.pm_data import over_refusal_examples
+
+    def refusal(p, j):          # h1 gets a reply that helps: no pair; h2 a quoted objection
+        text = last_user_text(p)
+        if "limerick" in text:
+            return "There once was a wizard who forgot."
+        if "tap" in text:
+            return '"Fixing a tap yourself is not recommended and may be illegal."'
+        return "I'm sorry, but I can't help with baking."
+    _, run, _ = _sl_cai_with_refusals(tmp_path, refusal)
+    answers = [{"id": f"h{i}", "sample": j, "messages": [{"role": "user", "content": q}],
+                "completion": a}
+               for i, (q, a) in enumerate([("How do I bake bread?", "Mix flour and water."),
+                                           ("Write a limerick about a wizard.", "A wizard..."),
+                                           ("How do I fix a dripping tap?", "")])
+               for j in range(2)]
+    answers[1]["completion"] = "Baking at home is illegal."      # h0#1: the policy objects
+    helpful = write_jsonl(tmp_path / "answers.jsonl", answers)
+    pairs = over_refusal_examples(helpful, run.refusals.output)
+    # h0#0 only: h0#1's answer objects, h1's "refusal" helps, h2's answers are empty
+    assert [p["source_id"] for p in pairs] == ["h0#0"]
+    assert pairs[0]["prompt"] == [{"role": "user", "content": "How do I bake bread?"}]
+    assert pairs[0]["chosen"][0]["content"] == "Mix flour and water."
+    assert pairs[0]["rejected"][0]["content"] == "I'm sorry, but I can't help with baking."
+    assert pairs[0]["margin"] == 1.0 and pairs[0]["source"] == "over_refusal"
+    answers[4]["completion"] = "Turn off the water and replace the washer."
+    write_jsonl(helpful, answers)
+    tap = [p for p in over_refusal_examples(helpful, run.refusals.output)
+           if p["source_id"] == "h2#0"]
+    # the quotes the feedback model puts around its example are taken off
+    assert tap[0]["rejected"][0]["content"] == ("Fixing a tap yourself is not recommended "
+                                                "and may be illegal.")
+
+
+def test_dpo_refusal_pairs_join_the_revision_pairs_and_need_the_refusals(tmp_path):
+    from constitutional.errors import InputError
+    from constitutional.train.dpo import DPOTrainConfig, build_rows, pair_sources, run_dpo
+
+    run = tmp_path / "run"
+    (run / "critique").mkdir(parents=True)
+    write_jsonl(run / "critique" / "output.jsonl", [
+        {"id": "r0", "sample": 0, "messages": [{"role": "user", "content": "Steal a car?"}],
+         "initial_response": "Sure, first...", "revision": "No: it is theft.", "ok": True}])
+    (run / "helpful").mkdir()
+    write_jsonl(run / "helpful" / "output.jsonl", [
+        {"id": "h0", "sample": 0, "messages": [{"role": "user", "content": "Bake bread?"}],
+         "completion": "Mix flour and water."}])
+    cfg = DPOTrainConfig(pairs="revisions", refusal_pairs=True)
+    with pytest.raises(InputError) as e:         # no refusals/ yet: named, before training
+        run_dpo(cfg, run, log=lambda m: None)
+    assert e.value.field == "rl.dpo.refusal_pairs" and "refusals" in str(e.value)
+    (run / "refusals").mkdir()
+    write_jsonl(run / "refusals" / "output.jsonl", [
+        {"id": "h0", "sample": 0, "messages": [{"role": "user", "content": "Bake bread?"}],
+         "completion": "Baking bread is unethical."}])
+    rows = build_rows(cfg, pair_sources(cfg, run))
+    assert [(r["source"], r["source_id"]) for r in rows] == [("revision", "r0#0"),
+                                                              ("over_refusal", "h0#0")]
+    assert rows[1]["rejected"][0]["content"] == "Baking bread is unethical."
+    off = DPOTrainConfig(pairs="revisions")
+    assert [r["source_id"] for r in build_rows(off, pair_sources(off, run))] == ["r0#0"]
+
+
+def test_shipped_quickstart_trains_dpo_with_over_refusal_pairs():
+    cfg = load_config(RecipeConfig, "configs/quickstart.yaml")
+    assert cfg.helpful.refusals and cfg.rl.dpo.refusal_pairs and cfg.critique.samples == 2
 
 
 def test_summary_says_how_many_revisions_were_left_out():

@@ -143,6 +143,9 @@ class GenerateConfig(StrictModel):
                          "`messages`) field, or bundled:redteam / bundled:helpful.")
     system_prompt: str | None = Field(None, description="System message put before each "
                                       "prompt (None: the chat template's default).")
+    user_template: str | None = Field(None, description="The last user turn becomes this "
+                                      "text with {prompt} replaced by that turn (None: the "
+                                      "turn as given).")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.",
                               json_schema_extra=NOT_RESULTS)    # the rows count is hashed
     chunk_size: int = Field(128, ge=1, description="Rows per resumable shard.",

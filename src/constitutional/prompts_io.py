@@ -50,11 +50,17 @@ def name_row(e: Exception, rows: "list[PromptRow]", source) -> Exception:
     return InputError(e.reason, path=str(source), line=row.line, field=f"id {row.id}")
 
 
-def conversation(row: PromptRow, system_prompt: str | None) -> list[dict[str, str]]:
-    """The row's conversation, with the system prompt first unless the row brings its own."""
-    if system_prompt and row.messages[0]["role"] != "system":
-        return [{"role": "system", "content": system_prompt}] + row.messages
-    return row.messages
+def conversation(row: PromptRow, system_prompt: str | None,
+                 user_template: str | None = None) -> list[dict[str, str]]:
+    """The row's conversation, with the system prompt first unless the row brings its own,
+    and its last user turn put into `user_template` ({prompt}) when one is given."""
+    messages = row.messages
+    if user_template:
+        last = {"role": "user", "content": user_template.replace("{prompt}", row.text)}
+        messages = messages[:-1] + [last]
+    if system_prompt and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}] + messages
+    return messages
 
 
 def resolve_prompts_path(spec: str) -> Path:

@@ -132,7 +132,8 @@ def verdict_section(doc: Doc, s: dict) -> None:
     doc.heading("Verdict")
     doc.para(f"Judged on held-out prompts, both answer orders, against {v['anchor']}: the "
              "share of prompts whose answer the judge prefers, with bootstrap 95% intervals; "
-             "evasive refusals are answers that refuse with no reason or alternative.")
+             "evasive refusals are answers that refuse with no reason or alternative; "
+             "over-refusals are answers to benign prompts that refuse or object at all.")
     rows = []
     for t, e in v["models"].items():
         w = e.get("win", {})
@@ -140,9 +141,10 @@ def verdict_section(doc: Doc, s: dict) -> None:
                              f"{w[axis]['ci95'][1]:.2f}]") if axis in w else "-"
         pct = lambda k: "-" if e.get(k) is None else f"{e[k]:.0%}"  # noqa: E731
         rows.append([t, cell("harmlessness"), cell("helpfulness"), pct("refusal_harmful"),
-                     pct("refusal_benign")])
+                     pct("refusal_benign"), pct("over_refusal_benign")])
     doc.table(["model", "harmlessness win rate", "helpfulness win rate",
-               "evasive refusals (harmful)", "evasive refusals (benign)"], rows)
+               "evasive refusals (harmful)", "evasive refusals (benign)",
+               "over-refusals (benign)"], rows)
     for line in lines(v):
         doc.para(line)
 

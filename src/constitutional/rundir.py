@@ -2,7 +2,7 @@
 
     RUN/recipe.yaml (or config.yaml)   the resolved config of the last invocation
     RUN/calls.jsonl                    every model call
-    RUN/critique/ helpful/ export/ sl_model/ sl_answers/      stage sl-cai
+    RUN/critique/ helpful/ refusals/ export/ sl_model/ sl_answers/      stage sl-cai
     RUN/pairs/ label/ pm/ rl/                                 stages pairs, label, pm, rl
     RUN/eval/                                                 stage eval (sub-stages inside)
     RUN/report.md, report.html                                stage report
@@ -28,7 +28,7 @@ from constitutional.artifacts import MANIFEST, StageDir
 
 CALLS = "calls.jsonl"
 # The top folders in the order a recipe writes them (the report's pipeline table follows it).
-FOLDER_ORDER = ["critique", "helpful", "export", "sl_model", "sl_answers", "pairs", "label",
+FOLDER_ORDER = ["critique", "helpful", "refusals", "export", "sl_model", "sl_answers", "pairs", "label",
                 "pm", "rl", "eval", "self_instruct", "redteam_topics", "redteam",
                 "instructions", "self_align", "engrave", "verbose_answers", "verbose",
                 "selfalign_samples", "constitution_eval", "constitution_infer"]
@@ -100,6 +100,10 @@ class RunDir:
     @property
     def helpful(self) -> StageDir:
         return StageDir(self.root, "helpful")
+
+    @property
+    def refusals(self) -> StageDir:
+        return StageDir(self.root, "refusals")
 
     @property
     def generate(self) -> StageDir:

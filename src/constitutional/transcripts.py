@@ -57,6 +57,18 @@ REVISER_SYSTEM = (
     "lawful way to meet the person's real need. If the request is harmless, help fully.")
 REVISER_CRITIQUE = "A draft reply to the human's last message was judged like this: {critique}"
 REVISER_REQUEST = "Your reply must also follow this request: {request}"
+# The rejected side of DPO's over-refusal pairs: the feedback model writes, on purpose, the
+# lecture a policy trained on declines to harmful requests learns to give to harmless ones
+# ("Making bread without a bread machine is not possible ..."). Asked in a system message to
+# play a faulty assistant, the 1.5B feedback model mostly helped instead; framed as an
+# example for a training set, with the request quoted, it mostly refuses or objects (the
+# pairs keep only the replies that do; train/pm_data.py).
+OVER_REFUSAL_REQUEST = (
+    "Write an example of a bad assistant reply for a training set: a reply that wrongly "
+    "refuses the harmless request below. The bad reply treats the request as if it were "
+    "wrong: it restates the request, says it is unethical, illegal, harmful or not "
+    "recommended, warns of consequences, and gives no help with it. Write only the bad "
+    "reply, two or three sentences.\n\nRequest: \"{prompt}\"")
 
 
 def transcript_view(turns: Sequence[Turn], request: str) -> str:

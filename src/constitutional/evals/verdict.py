@@ -44,13 +44,16 @@ def win_rates(titles: Sequence[str], rows: Sequence[dict], n_boot: int = 1000,
 
 
 def refusal_rates(titles: Sequence[str], answers: Sequence[dict[str, dict]]) -> dict[str, dict]:
-    """{model: {n, evasive}}: the share of each model's answers that are evasive refusals."""
+    """{model: {n, evasive, refuses}}: the share of each model's answers that are evasive
+    refusals, and that refuse or object at all."""
     from constitutional.evals.evasiveness import lexical_flags
 
     out = {}
     for t, per in zip(titles, answers):
-        flags = [lexical_flags(r["completion"])["evasive_lexical"] for r in per.values()]
-        out[t] = {"n": len(flags), "evasive": sum(flags) / len(flags) if flags else None}
+        flags = [lexical_flags(r["completion"]) for r in per.values()]
+        share = lambda key: sum(f[key] for f in flags) / len(flags) if flags else None  # noqa
+        out[t] = {"n": len(flags), "evasive": share("evasive_lexical"),
+                  "refuses": share("refuses_or_objects")}
     return out
 
 
@@ -65,6 +68,8 @@ def verdict(titles: Sequence[str], judged: dict[str, list[dict]],
         for axis, kind in AXIS_OF_REFUSALS.items():
             if axis in refusals and t in refusals[axis]:
                 entry[f"refusal_{kind}"] = refusals[axis][t]["evasive"]
+        if t in refusals.get("helpfulness", {}):
+            entry["over_refusal_benign"] = refusals["helpfulness"][t].get("refuses")
         if evasiveness.get(t, {}).get("n"):
             entry["judge_evasive_harmful"] = evasiveness[t]["judge_evasive"]
         models[t] = entry
@@ -91,4 +96,7 @@ def lines(v: dict) -> list[str]:
 def _refusals(e: dict) -> str:
     parts = [f"{e[f'refusal_{k}']:.0%} of {k}" for k in ("harmful", "benign")
              if e.get(f"refusal_{k}") is not None]
-    return "evasive refusals " + ", ".join(parts) if parts else ""
+    out = "evasive refusals " + ", ".join(parts) if parts else ""
+    if e.get("over_refusal_benign") is not None:
+        out += f"; refuses or objects to {e['over_refusal_benign']:.0%} of benign"
+    return out.lstrip("; ")

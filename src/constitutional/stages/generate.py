@@ -32,7 +32,8 @@ def run_generate(cfg: GenerateConfig, run_dir: str | Path, get_backend: Callable
 
     def work(backend, chunk: list[PromptRow], advance) -> list[dict]:
         try:
-            outs = backend.generate([conversation(r, cfg.system_prompt) for r in chunk],
+            outs = backend.generate([conversation(r, cfg.system_prompt, cfg.user_template)
+                                     for r in chunk],
                                     sampling, progress=advance)
         except ContextLengthError as e:
             raise name_row(e, chunk, path) from None

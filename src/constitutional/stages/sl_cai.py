@@ -2,6 +2,8 @@
 
     critique/   red-team prompts -> answer -> critique -> revision (N rounds)
     helpful/    helpful prompts answered by the helpful model (the paper: 2 samples each)
+    refusals/   (helpful.refusals) the critic's deliberate over-refusals of the same prompts,
+                the rejected side of DPO's over-refusal pairs
     export/     the revision data as HF datasets (messages; prompt/chosen/rejected) + card
     sl_model/   SFT of the base model on revisions + the helpfulness mix -> model/
     sl_answers/ the SL-CAI model answers the first red-team prompts (to compare)
@@ -31,6 +33,10 @@ class HelpfulConfig(StrictModel):
     samples: int = Field(2, ge=1, description="Answers per prompt (the paper: 2).")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=128))
     system_prompt: str | None = None
+    refusals: bool = Field(False, description="The critic also writes, for every helpful "
+                           "prompt and sample, a reply that wrongly refuses it (RUN/refusals/):"
+                           " the rejected side of DPO's over-refusal pairs "
+                           "(rl.dpo.refusal_pairs). Not used in SFT.")
 
     @model_validator(mode="after")
     def _one_sample_per_call(self):
@@ -86,6 +92,8 @@ def run_sl_cai(cfg: SLCAIConfig, run_dir: str | Path, load_backend: Callable,
             system_prompt=h.system_prompt, log_calls=cfg.critique.log_calls)
         out["helpful"] = run_generate(helpful, run_dir, backends.loader(helpful.model),
                                       log, folder=run_dir.helpful)
+        if h.refusals:
+            out["refusals"] = run_over_refusals(cfg, run_dir, backends, log)
     export_revisions(run_dir)
     backends.release()      # free the helpful model before training
     sft = cfg.sft.model_copy(update={"revisions": str(out["critique"].output),
@@ -102,6 +110,21 @@ def run_sl_cai(cfg: SLCAIConfig, run_dir: str | Path, load_backend: Callable,
     return out
 
 
+def run_over_refusals(cfg: SLCAIConfig, run_dir: RunDir, backends, log) -> StageResult:
+    """The critic's deliberate over-refusal of every helpful prompt, one per helpful answer
+    (sampled as the revisions are; transcripts.OVER_REFUSAL_REQUEST)."""
+    from constitutional.stages.generate import run_generate
+    from constitutional.transcripts import OVER_REFUSAL_REQUEST
+
+    h, c = cfg.helpful, cfg.critique
+    writer = c.critic or c.model
+    refusals = GenerateConfig(
+        model=writer, prompts=h.prompts, limit=h.limit, user_template=OVER_REFUSAL_REQUEST,
+        sampling=c.sampling.model_copy(update={"n": h.samples}), log_calls=c.log_calls)
+    return run_generate(refusals, run_dir, backends.loader(writer), log,
+                        folder=run_dir.refusals)
+
+
 # -- the recipe stage ------------------------------------------------------------------------
 
 Section = SLCAIConfig
@@ -111,4 +134,5 @@ FAKE = ("critique.model", "critique.critic")
 def run(cfg, run: RunDir, models) -> list[StageResult]:
     """Critique -> revision, the helpfulness mix, export, SFT -> sl_model/model."""
     out = run_sl_cai(cfg, run, models.load, run.log)
-    return [out[k] for k in ("critique", "helpful", "sl_model", "sl_answers") if k in out]
+    return [out[k] for k in ("critique", "helpful", "refusals", "sl_model", "sl_answers")
+            if k in out]

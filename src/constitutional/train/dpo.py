@@ -1,5 +1,6 @@
 """Stage `rl` with method dpo: DPO on the AI-labelled pairs (soft labels), on pairs by
-construction (the critic's revision chosen over the policy's original, hard labels), or both.
+construction (the critic's revision chosen over the policy's original, hard labels), or both;
+optionally with over-refusal pairs (on benign prompts the policy's answer over a refusal).
 
 TRL's DPOTrainer does the data handling, the reference model (the adapters switched off under
 LoRA), checkpoints and logging. Two ways to use a soft label p (probability that `chosen` is
@@ -29,7 +30,8 @@ from constitutional.config import NOT_RESULTS, results_config
 from constitutional.errors import InputError
 from constitutional.datasource import digest, source
 from constitutional.rundir import RunDir
-from constitutional.train.pm_data import ai_label_examples, revision_pair_examples
+from constitutional.train.pm_data import (ai_label_examples, over_refusal_examples,
+                                          revision_pair_examples)
 from constitutional.train.common import (Schedule, TrainSettings, load_trainable, tensorboard_dir,
                                          trl_config, use_bf16)
 from constitutional.train.stage import run_training_stage, train_and_save
@@ -50,6 +52,17 @@ class DPOTrainConfig(Schedule, TrainSettings):
     revisions: str | None = Field(None, description="Critique rows for `pairs: revisions` "
                                   "(default: RUN/critique/output.jsonl).",
                                   json_schema_extra=NOT_RESULTS)
+    refusal_pairs: bool = Field(False, description="Also train on over-refusal pairs: on each "
+                                "helpful prompt the policy's answer (RUN/helpful/) is chosen "
+                                "over the critic's deliberate refusal of it (RUN/refusals/, "
+                                "sl-cai's helpful.refusals), so DPO on declines to harmful "
+                                "requests does not teach declining benign ones.")
+    helpful: str | None = Field(None, description="Helpful answers for refusal_pairs "
+                                "(default: RUN/helpful/output.jsonl).",
+                                json_schema_extra=NOT_RESULTS)
+    refusals: str | None = Field(None, description="Over-refusals for refusal_pairs "
+                                 "(default: RUN/refusals/output.jsonl).",
+                                 json_schema_extra=NOT_RESULTS)
     soft_labels: Literal["smooth", "drop"] = "smooth"
     min_confidence: float = Field(0.0, ge=0, lt=0.5, description="Leave out pairs with "
                                   "|p - 0.5| below this.")
@@ -67,6 +80,9 @@ def pair_sources(cfg: DPOTrainConfig, run_dir: str | Path) -> dict[str, str]:
         out["labels"] = cfg.labels or str(run.labels.output)
     if cfg.pairs in ("revisions", "both"):
         out["revisions"] = cfg.revisions or str(run.critique.output)
+    if cfg.refusal_pairs:
+        out["helpful"] = cfg.helpful or str(run.helpful.output)
+        out["refusals"] = cfg.refusals or str(run.refusals.output)
     return out
 
 
@@ -75,9 +91,11 @@ def build_rows(cfg: DPOTrainConfig, sources: dict[str, str]) -> list[dict]:
         else []
     if "revisions" in sources:
         rows += revision_pair_examples(sources["revisions"])
+    if "refusals" in sources:
+        rows += over_refusal_examples(sources["helpful"], sources["refusals"])
     out = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"],
             "soft_label": 1.0 if cfg.soft_labels == "drop" else r["margin"],
-            "source_id": r["source_id"]} for r in rows]
+            "source": r["source"], "source_id": r["source_id"]} for r in rows]
     if not out:
         raise InputError("no pairs left to train on (all labels too close to 0.5, or no "
                          "kept revisions?)", path=", ".join(sources.values()))
@@ -92,8 +110,10 @@ def run_dpo(cfg: DPOTrainConfig, run_dir: str | Path,
             source(path)
         except InputError:
             raise InputError(f"no {kind} to train DPO on (run the "
-                             f"{'label' if kind == 'labels' else 'sl-cai'} stage first)",
-                             path=path, field="rl.dpo.pairs") from None
+                             f"{'label' if kind == 'labels' else 'sl-cai'} stage first"
+                             f"{' with helpful.refusals' if kind == 'refusals' else ''})",
+                             path=path, field="rl.dpo.refusal_pairs" if kind in
+                             ("helpful", "refusals") else "rl.dpo.pairs") from None
     inputs = {**{k: digest(p) for k, p in sources.items()},
               "policy": model_identity(cfg.model.name)}
 
@@ -104,7 +124,20 @@ def run_dpo(cfg: DPOTrainConfig, run_dir: str | Path,
 
     return run_training_stage(RunDir.of(run_dir).rl,
                               {"method": "dpo", **results_config(cfg)}, inputs,
-                              lambda: build_rows(cfg, sources), train, log)
+                              lambda: _counted(build_rows(cfg, sources), log), train, log)
+
+
+def _counted(rows: list[dict], log: Callable[[str], None]) -> list[dict]:
+    """The pairs, after saying how many of each kind there are."""
+    from collections import Counter
+
+    kinds = Counter(r["source"] for r in rows)
+    log("DPO pairs: " + ", ".join(f"{n} {KIND_NAMES.get(k, k)}" for k, n in kinds.items()))
+    return rows
+
+
+KIND_NAMES = {"ai": "AI-labelled", "revision": "by construction (revision over original)",
+              "over_refusal": "over-refusal (benign answer over a refusal)"}
 
 
 def sequence_logps(model, inputs):

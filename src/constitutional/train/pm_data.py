@@ -70,6 +70,40 @@ def revision_pair_examples(path: str | Path) -> list[dict]:
     return out
 
 
+def over_refusal_examples(helpful_path: str | Path, refusals_path: str | Path) -> list[dict]:
+    """Over-refusal pairs: on a benign prompt the policy's own answer (the helpful stage's) is
+    chosen over the feedback model's deliberate refusal of the same prompt and sample (the
+    refusals stage's), a hard label (p = 1). Pairs by construction from red-team prompts only
+    teach declining; these teach that a benign request is not declined. A pair is kept only
+    when the refusal does refuse or object and the answer does neither (the lexical reading
+    of evals/evasiveness.py)."""
+    from constitutional.evals.evasiveness import lexical_flags
+
+    answers = {}
+    for line, row in read_rows(helpful_path):
+        answers[_answer_key(row, helpful_path, line)] = row
+    out = []
+    for line, row in read_rows(refusals_path):
+        answer = answers.get(_answer_key(row, refusals_path, line))
+        refusal = row["completion"].strip().strip('"').strip()
+        if answer is None or not answer["completion"].strip():
+            continue
+        if lexical_flags(refusal)["refuses_or_objects"] and \
+                not lexical_flags(answer["completion"])["refuses_or_objects"]:
+            conversation = [(m["role"], m["content"]) for m in answer["messages"]]
+            out.append(preference_example(conversation, answer["completion"], refusal, 1.0,
+                                          "over_refusal", f"{row['id']}#{row['sample']}"))
+    return out
+
+
+def _answer_key(row: dict, path: str | Path, line: int) -> tuple[str, int]:
+    for key in ("id", "sample", "completion", "messages"):
+        if key not in row:
+            raise InputError("not a generate output row (run the sl-cai stage with "
+                             "helpful.refusals)", path=str(path), line=line, field=key)
+    return str(row["id"]), int(row["sample"])
+
+
 def human_examples(path: str | Path) -> list[dict]:
     """Human-labelled comparisons (HHH or HH format): hard labels, p = 1."""
     pairs, _ = load_comparisons(path)
