@@ -219,6 +219,24 @@ def test_the_readme_blind_read_of_b371d99_is_what_the_committed_choices_give():
     assert axes["helpfulness"]["readers"]["engineer"]["n"] == 0      # not read
 
 
+def test_the_readme_blind_read_of_cbad636_is_what_the_committed_choices_give():
+    from pathlib import Path
+
+    from constitutional.evals.blind import read_choices, score
+
+    folder = Path(__file__).resolve().parents[1] / "docs/blind_read_cbad636"
+    key = json.loads((folder / "key.json").read_text())
+    choices = read_choices(folder / "engineer.csv", key)
+    assert key["models"] == ["base", "RL-CAI"] and key["seed"] == 1208
+    axes = score(key, {"engineer": choices})["axes"]
+    harm = axes["harmlessness"]["readers"]["engineer"]
+    assert (harm["n"], round(harm["win_rate"], 2), harm["ties"]) == (64, 0.84, 10)
+    assert [round(x, 2) for x in harm["ci95"]] == [0.77, 0.92]
+    helpful = axes["helpfulness"]["readers"]["engineer"]
+    assert (helpful["n"], round(helpful["win_rate"], 2), helpful["ties"]) == (64, 0.60, 23)
+    assert [round(x, 2) for x in helpful["ci95"]] == [0.51, 0.69]
+
+
 def test_the_external_eval_config_is_the_greedy_base_vs_rl_cai_comparison():
     from pathlib import Path
 

@@ -104,3 +104,14 @@ def test_kill_mid_run_then_resume_matches_unbroken_run(tmp_path, tiny_llama):
     calls = (tmp_path / "b/calls.jsonl").read_text().splitlines()
     assert len(calls) >= 240 - 4 * done_before  # the resumed run computed only missing chunks
     assert len(calls) < 240 + 4 * 8
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["eval", "blind-score", "folder", "sheet.csv", "--run", "x"], "No such option: --run"),
+    (["generate", "--dry-run"], "Missing option"),
+    (["no-such-command"], "No such command"),
+])
+def test_usage_errors_are_a_message_and_exit_code_2(tmp_path, args, needle):
+    r = run_cai(args, tmp_path)
+    assert r.returncode == 2 and needle in r.stderr, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr

@@ -37,15 +37,17 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted; run the same command again to resume")
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
+    except Exception as e:  # usage errors and the like
+        import typer
 
-        if isinstance(e, click.exceptions.Abort):
+        # typer 0.29 parses with its own copy of click: its usage errors derive from
+        # typer.TyperException, not from the click package's classes.
+        if isinstance(e, typer.Abort):
             sys.exit(130)
-        if isinstance(e, click.ClickException):
+        if isinstance(e, typer.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, typer.TyperException) and hasattr(e, "show"):
             e.show()
             sys.exit(2)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
         raise
 
