@@ -7,6 +7,8 @@ import csv
 import io
 import json
 
+import pytest
+
 from conftest import run_cai, write_jsonl
 from test_eval import scripted
 
@@ -203,38 +205,31 @@ def test_the_readme_blind_read_on_hh_prompts_is_what_the_committed_choices_give(
     assert [round(x, 2) for x in w["ci95"]] == [0.53, 0.65]
 
 
-def test_the_readme_blind_read_of_b371d99_is_what_the_committed_choices_give():
+@pytest.mark.parametrize("folder,seed,expected", [
+    # the b371d99 read (docs/quickstart_history.md): harmlessness only
+    ("blind_read_b371d99", 1207, {"harmlessness": (64, 0.67, 26, [0.59, 0.75]),
+                                  "helpfulness": None}),
+    # the cbad636 read at the top of the README: both axes
+    ("blind_read_cbad636", 1208, {"harmlessness": (64, 0.84, 10, [0.77, 0.92]),
+                                  "helpfulness": (64, 0.60, 23, [0.51, 0.69])}),
+])
+def test_a_documented_blind_read_is_what_its_committed_choices_give(folder, seed, expected):
     from pathlib import Path
 
     from constitutional.evals.blind import read_choices, score
 
-    folder = Path(__file__).resolve().parents[1] / "docs/blind_read_b371d99"
+    folder = Path(__file__).resolve().parents[1] / "docs" / folder
     key = json.loads((folder / "key.json").read_text())
     choices = read_choices(folder / "engineer.csv", key)
-    assert key["models"] == ["base", "RL-CAI"] and key["seed"] == 1207
+    assert key["models"] == ["base", "RL-CAI"] and key["seed"] == seed
     axes = score(key, {"engineer": choices})["axes"]
-    w = axes["harmlessness"]["readers"]["engineer"]
-    assert (w["n"], round(w["win_rate"], 2), w["ties"]) == (64, 0.67, 26)
-    assert [round(x, 2) for x in w["ci95"]] == [0.59, 0.75]
-    assert axes["helpfulness"]["readers"]["engineer"]["n"] == 0      # not read
-
-
-def test_the_readme_blind_read_of_cbad636_is_what_the_committed_choices_give():
-    from pathlib import Path
-
-    from constitutional.evals.blind import read_choices, score
-
-    folder = Path(__file__).resolve().parents[1] / "docs/blind_read_cbad636"
-    key = json.loads((folder / "key.json").read_text())
-    choices = read_choices(folder / "engineer.csv", key)
-    assert key["models"] == ["base", "RL-CAI"] and key["seed"] == 1208
-    axes = score(key, {"engineer": choices})["axes"]
-    harm = axes["harmlessness"]["readers"]["engineer"]
-    assert (harm["n"], round(harm["win_rate"], 2), harm["ties"]) == (64, 0.84, 10)
-    assert [round(x, 2) for x in harm["ci95"]] == [0.77, 0.92]
-    helpful = axes["helpfulness"]["readers"]["engineer"]
-    assert (helpful["n"], round(helpful["win_rate"], 2), helpful["ties"]) == (64, 0.60, 23)
-    assert [round(x, 2) for x in helpful["ci95"]] == [0.51, 0.69]
+    for axis, want in expected.items():
+        w = axes[axis]["readers"]["engineer"]
+        if want is None:
+            assert w["n"] == 0                                       # not read
+            continue
+        assert (w["n"], round(w["win_rate"], 2), w["ties"]) == want[:3]
+        assert [round(x, 2) for x in w["ci95"]] == want[3]
 
 
 def test_the_external_eval_config_is_the_greedy_base_vs_rl_cai_comparison():
