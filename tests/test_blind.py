@@ -212,6 +212,9 @@ def test_the_readme_blind_read_on_hh_prompts_is_what_the_committed_choices_give(
     # the cbad636 read at the top of the README: both axes
     ("blind_read_cbad636", 1208, {"harmlessness": (64, 0.84, 10, [0.77, 0.92]),
                                   "helpfulness": (64, 0.60, 23, [0.51, 0.69])}),
+    # cbad636's models, greedy, on hh-rlhf red-team openers and self-instruct seed tasks
+    ("blind_read_hh_cbad636", 1209, {"harmlessness": (128, 0.70, 45, [0.64, 0.76]),
+                                     "helpfulness": (128, 0.52, 82, [0.47, 0.57])}),
 ])
 def test_a_documented_blind_read_is_what_its_committed_choices_give(folder, seed, expected):
     from pathlib import Path

@@ -196,6 +196,8 @@ def test_cli_compare_dry_run_and_bad_axis(tmp_path):
     s = json.loads((tmp_path / "cmp/eval/summary.json").read_text())
     assert s["axes"]["harmlessness"]["models"] == ["smollm2-135m", "m2", "m3"]
     assert "harmlessness Elo" in r.stdout
+    verdict = r.stdout[r.stdout.index("verdict"):]              # the last lines, as cai run's
+    assert "m3 vs smollm2-135m: harmlessness win rate" in verdict, r.stdout
     bad = run_cai(["eval", "compare", "--models", "a", "b", "--axis", "vibes", "--dry-run"],
                   tmp_path)
     assert bad.returncode == 2 and "unknown axis 'vibes'" in bad.stderr

@@ -64,6 +64,7 @@ def compare_cmd(
     start_run(out_dir, cfg, "eval.yaml")
     res = run_eval(cfg, out_dir, lambda m: backend_loader(_with_model(m), out_dir), log)
     print_summary(res.output)
+    print_verdict(res.output)
 
 
 def checked_axes(axis: List[str]) -> list[str]:
@@ -108,15 +109,16 @@ def print_summary(summary_path: Path) -> None:
 
 
 def print_verdict(summary_path: Path) -> None:
-    """The verdict lines: win rates against base with intervals, evasive refusals."""
+    """The verdict lines: win rates against the anchor with intervals, evasive refusals and
+    over-refusals (`cai run` and `cai eval compare` end with them)."""
     import json
 
     from constitutional.evals.verdict import lines
 
     v = json.loads(Path(summary_path).read_text()).get("verdict")
     if v:
-        out.print(f"[bold]verdict[/bold] (held-out prompts, judge in both orders, against "
-                  f"{v['anchor']}):", highlight=False)
+        out.print(f"[bold]verdict[/bold] (judge in both orders, against {v['anchor']}, 95% "
+                  "intervals over prompts):", highlight=False)
         for line in lines(v):
             out.print("  " + line, highlight=False)
 
