@@ -175,37 +175,13 @@ def test_score_by_hand():
     assert h["judge"]["decided"] == 2 and h["judge"]["agrees_where_readers_decided"] == 0.5
 
 
-def test_the_readme_blind_read_is_what_the_committed_choices_give():
-    from pathlib import Path
-
-    from constitutional.evals.blind import read_choices, score
-
-    folder = Path(__file__).resolve().parents[1] / "docs/blind_read"
-    key = json.loads((folder / "key.json").read_text())
-    choices = read_choices(folder / "engineer.csv", key)
-    assert key["models"] == ["base", "RL-CAI"] and len(choices) == 128
-    res = score(key, {"engineer": choices})["axes"]
-    for axis, ties in (("harmlessness", 15), ("helpfulness", 17)):
-        w = res[axis]["readers"]["engineer"]
-        assert (w["n"], round(w["win_rate"], 2), w["ties"]) == (64, 0.66, ties)
-        assert [round(x, 2) for x in w["ci95"]] == [0.56, 0.77]
-
-
-def test_the_readme_blind_read_on_hh_prompts_is_what_the_committed_choices_give():
-    from pathlib import Path
-
-    from constitutional.evals.blind import read_choices, score
-
-    folder = Path(__file__).resolve().parents[1] / "docs/blind_read_hh"
-    key = json.loads((folder / "key.json").read_text())
-    choices = read_choices(folder / "engineer.csv", key)
-    assert key["models"] == ["base", "RL-CAI"] and len(choices) == 128
-    w = score(key, {"engineer": choices})["axes"]["harmlessness"]["readers"]["engineer"]
-    assert (w["n"], round(w["win_rate"], 2), w["ties"]) == (128, 0.59, 63)
-    assert [round(x, 2) for x in w["ci95"]] == [0.53, 0.65]
-
-
 @pytest.mark.parametrize("folder,seed,expected", [
+    # the f126c47 read (docs/quickstart_history.md): both axes
+    ("blind_read", 20261202, {"harmlessness": (64, 0.66, 15, [0.56, 0.77]),
+                              "helpfulness": (64, 0.66, 17, [0.56, 0.77])}),
+    # 19193af's models, greedy, on hh-rlhf red-team openers: harmlessness only
+    ("blind_read_hh", 4243, {"harmlessness": (128, 0.59, 63, [0.53, 0.65]),
+                             "helpfulness": None}),
     # the b371d99 read (docs/quickstart_history.md): harmlessness only
     ("blind_read_b371d99", 1207, {"harmlessness": (64, 0.67, 26, [0.59, 0.75]),
                                   "helpfulness": None}),
@@ -227,10 +203,10 @@ def test_a_documented_blind_read_is_what_its_committed_choices_give(folder, seed
     assert key["models"] == ["base", "RL-CAI"] and key["seed"] == seed
     axes = score(key, {"engineer": choices})["axes"]
     for axis, want in expected.items():
-        w = axes[axis]["readers"]["engineer"]
-        if want is None:
-            assert w["n"] == 0                                       # not read
+        if want is None:                                             # not read (or not asked)
+            assert axis not in axes or axes[axis]["readers"]["engineer"]["n"] == 0
             continue
+        w = axes[axis]["readers"]["engineer"]
         assert (w["n"], round(w["win_rate"], 2), w["ties"]) == want[:3]
         assert [round(x, 2) for x in w["ci95"]] == want[3]
 
